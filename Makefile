@@ -1,0 +1,37 @@
+# sandboxd: `make run` starts the daemon on its embedded defaults, `make test` runs the tests.
+# Both install what they need first (as root, on Debian 12) and are safe to re-run.
+
+VENV     := .venv
+PY       := $(VENV)/bin/python
+PYTHON   ?= python3
+APT_PKGS := bubblewrap nftables iproute2 libseccomp2 util-linux procps
+STAMP    := $(VENV)/.installed
+
+.PHONY: install apt run test lint bench
+
+install: apt $(STAMP)
+
+apt:
+	@if ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS); \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+run: install
+	$(VENV)/bin/sandboxd serve
+
+test: install
+	$(PY) -m ruff check sandboxd tests benchmarks
+	$(PY) -m pytest tests
+
+lint: install
+	$(PY) -m ruff check sandboxd tests benchmarks
+	$(PY) -m ruff format --check sandboxd tests benchmarks
+
+bench: install
+	$(PY) benchmarks/run_all.py

@@ -1,0 +1,43 @@
+"""The tornado application: every route of the API in one table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tornado import web
+
+from ..service import Sandboxd
+from . import openapi, sandboxes, users
+from .base import NotFoundHandler
+
+REF = r"([A-Za-z0-9_.-]+)"
+USER = r"([a-z0-9][a-z0-9_.-]*)"
+
+
+def routes() -> list[tuple[str, Any]]:
+    return [
+        (r"/api/sandboxes", sandboxes.SandboxesHandler),
+        (rf"/api/sandboxes/{REF}", sandboxes.SandboxHandler),
+        (rf"/api/sandboxes/{REF}/stop", sandboxes.StopHandler),
+        (rf"/api/sandboxes/{REF}/wait", sandboxes.WaitHandler),
+        (rf"/api/sandboxes/{REF}/logs", sandboxes.LogsHandler),
+        (rf"/api/sandboxes/{REF}/stats", sandboxes.StatsHandler),
+        (rf"/api/sandboxes/{REF}/attach", sandboxes.AttachHandler),
+        (r"/api/stats", sandboxes.AllStatsHandler),
+        (r"/api/users", users.UsersHandler),
+        (rf"/api/users/{USER}", users.UserHandler),
+        (rf"/api/users/{USER}/tokens", users.TokensHandler),
+        (rf"/api/users/{USER}/quota", users.QuotaHandler),
+        (r"/api/whoami", users.WhoamiHandler),
+        (r"/api/status", users.StatusHandler),
+        (r"/api/openapi.json", openapi.OpenApiHandler),
+    ]
+
+
+def make_app(sbx: Sandboxd, extra_routes: list[tuple[str, Any]] | None = None) -> web.Application:
+    return web.Application(
+        (extra_routes or []) + routes(),
+        sandboxd=sbx,
+        default_handler_class=NotFoundHandler,
+        websocket_ping_interval=30,
+    )

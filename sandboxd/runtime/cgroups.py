@@ -1,0 +1,906 @@
+"""Our own cgroup driver: one interface, a v1 and a v2 backend, chosen by ``probe``.
+
+Layout on the host: ``<mount>/<root>/<user>/<sandbox>`` in every hierarchy used. The user level
+carries the aggregate quota of all a user's sandboxes; the sandbox level the per-kernel limits,
+and it is the only level that ever holds processes (cgroup v2's no-internal-process rule).
+
+What we write is rendered by pure functions (``v2_limit_files``, ``v1_limit_files``) so the
+formats can be unit-tested without root; the drivers only decide where and in which order.
+Formats follow the kernel's Documentation/admin-guide/cgroup-v2.rst and cgroup-v1/*.rst.
+
+Every OSError from cgroupfs is mapped to ``CgroupError`` here (``raise ... from exc``); a limit
+that cannot be expressed is an ``InvalidRequest``. Stats never raise for a missing file: a
+kernel without e.g. ``memory.peak`` reports 0 (or a fallback) instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import re
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sandboxd.errors import CgroupError, InvalidRequest
+from sandboxd.spec import DeviceRate, Limits
+
+__all__ = [
+    "CPU_PERIOD_US",
+    "CgroupDriver",
+    "CgroupStats",
+    "CgroupV1",
+    "CgroupV2",
+    "find_v1_mounts",
+    "probe",
+    "read_cgroup_mounts",
+    "v1_limit_files",
+    "v2_limit_files",
+]
+
+CPU_PERIOD_US = 100_000
+"""CFS period (µs) for every quota we write: the kernel default, as runc and crun use."""
+
+MIN_CPU_QUOTA_US = 1_000
+"""The kernel refuses a CFS quota below 1 ms (EINVAL); we refuse it earlier, with a reason."""
+
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_DEVICE_RE = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
+_POLL = 0.01
+_V1_UNLIMITED_MIN = 1 << 60  # v1 reports "no limit" as LONG_MAX rounded down to a page
+_V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "freezer")
+_V2_CONTROLLERS = ("cpu", "memory", "pids", "io")
+_BLKIO_FILES = {
+    "io_read_bps": "blkio.throttle.read_bps_device",
+    "io_write_bps": "blkio.throttle.write_bps_device",
+    "io_read_iops": "blkio.throttle.read_iops_device",
+    "io_write_iops": "blkio.throttle.write_iops_device",
+}
+_IO_KEYS = {
+    "io_read_bps": "rbps",
+    "io_write_bps": "wbps",
+    "io_read_iops": "riops",
+    "io_write_iops": "wiops",
+}
+_IO_RESET = "rbps=max wbps=max riops=max wiops=max"
+
+# Values that mean "no limit": writing them into a hierarchy that lacks the controller is a
+# no-op we may skip; anything else there is a limit we cannot enforce, hence an error.
+_V2_DEFAULTS = {
+    "cpu.max": f"max {CPU_PERIOD_US}",
+    "memory.max": "max",
+    "memory.swap.max": "max",
+    "pids.max": "max",
+}
+_V1_DEFAULTS = {
+    "cpu.cfs_period_us": str(CPU_PERIOD_US),
+    "cpu.cfs_quota_us": "-1",
+    "memory.limit_in_bytes": "-1",
+    "memory.memsw.limit_in_bytes": "-1",
+    "memory.oom_control": "0",
+    "pids.max": "max",
+}
+
+
+@dataclass(frozen=True)
+class CgroupStats:
+    """One sample of a sandbox's usage, the same fields on v1 and v2 (metrics read this)."""
+
+    cpu_usage_seconds: float
+    cpu_user_seconds: float
+    cpu_system_seconds: float
+    cpu_periods: int
+    cpu_throttled_periods: int
+    cpu_throttled_seconds: float
+    memory_usage: int
+    memory_peak: int
+    memory_working_set: int  # usage - inactive_file, as cAdvisor/kubelet compute it
+    memory_rss: int
+    memory_cache: int
+    memory_swap: int
+    memory_limit: int | None
+    oom_kills: int
+    pids_current: int
+    pids_limit: int | None
+    io_read_bytes: int
+    io_write_bytes: int
+    io_read_ops: int
+    io_write_ops: int
+
+
+# --------------------------------------------------------------------------- pure rendering
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Refuse any name that could leave ``<root>`` (``..``, ``/``) or clash with cgroupfs files."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidRequest(
+            f"invalid cgroup {what} {name!r}: must match [a-z0-9][a-z0-9_.-]{{0,62}}"
+        )
+    return name
+
+
+def check_limits(limits: Limits) -> None:
+    """Refuse limits the kernel would refuse or misread, before anything is made."""
+    if limits.cpus is not None and (
+        not math.isfinite(limits.cpus) or _cpu_quota(limits.cpus) < MIN_CPU_QUOTA_US
+    ):
+        raise InvalidRequest(f"cpus must be at least 0.01, got {limits.cpus!r}")
+    if limits.memory is not None and limits.memory < 1:
+        raise InvalidRequest(f"memory must be a positive byte count, got {limits.memory!r}")
+    if limits.swap < 0:
+        raise InvalidRequest(f"swap must be >= 0 bytes, got {limits.swap!r}")
+    if limits.pids is not None and limits.pids < 1:
+        raise InvalidRequest(f"pids must be >= 1, got {limits.pids!r}")
+    for field in _IO_KEYS:
+        for rule in getattr(limits, field):
+            _check_rate(field, rule)
+
+
+def _check_rate(field: str, rule: DeviceRate) -> None:
+    if not _DEVICE_RE.fullmatch(rule.device):
+        raise InvalidRequest(f"{field}: device must be MAJ:MIN, got {rule.device!r}")
+    if rule.rate < 1:
+        raise InvalidRequest(f"{field}: rate for {rule.device} must be >= 1, got {rule.rate!r}")
+
+
+def _cpu_quota(cpus: float) -> int:
+    return round(cpus * CPU_PERIOD_US)
+
+
+def _io_rules(limits: Limits) -> dict[str, dict[str, int]]:
+    """Per device, the io keys asked for (the last rule wins if a device repeats)."""
+    rules: dict[str, dict[str, int]] = {}
+    for field, key in _IO_KEYS.items():
+        for rule in getattr(limits, field):
+            rules.setdefault(rule.device, {})[key] = rule.rate
+    return rules
+
+
+def v2_limit_files(limits: Limits) -> dict[str, str]:
+    """Render the cgroup v2 limit files; unlimited values are rendered too so ``update`` resets.
+
+    ``memory.swap.max`` is swap beyond memory (v2 accounts swap separately); without a memory
+    limit swap is not limited either, as on v1 where memsw needs a memory limit. ``io.max`` is
+    present only when a device rule is asked, one line per device with all four keys.
+    """
+    check_limits(limits)
+    quota = "max" if limits.cpus is None else str(_cpu_quota(limits.cpus))
+    files = {
+        "cpu.max": f"{quota} {CPU_PERIOD_US}",
+        "memory.max": "max" if limits.memory is None else str(limits.memory),
+        "memory.swap.max": "max" if limits.memory is None else str(limits.swap),
+        "pids.max": "max" if limits.pids is None else str(limits.pids),
+    }
+    rules = _io_rules(limits)
+    if rules:
+        files["io.max"] = "\n".join(
+            f"{dev} " + " ".join(f"{k}={keys.get(k, 'max')}" for k in _IO_KEYS.values())
+            for dev, keys in sorted(rules.items())
+        )
+    return files
+
+
+def v1_limit_files(limits: Limits) -> dict[str, dict[str, str]]:
+    """Render the cgroup v1 limit files per controller, in the order they may be written.
+
+    v1 spells "unlimited" -1, except ``pids.max`` which takes ``max`` (the kernel rejects -1).
+    ``memory.memsw.limit_in_bytes`` is memory + swap. blkio files hold one ``MAJ:MIN RATE``
+    line per device and appear only when a device rule is asked.
+    """
+    check_limits(limits)
+    quota = "-1" if limits.cpus is None else str(_cpu_quota(limits.cpus))
+    memory = "-1" if limits.memory is None else str(limits.memory)
+    memsw = "-1" if limits.memory is None else str(limits.memory + limits.swap)
+    files: dict[str, dict[str, str]] = {
+        "cpu": {"cpu.cfs_period_us": str(CPU_PERIOD_US), "cpu.cfs_quota_us": quota},
+        "memory": {
+            "memory.limit_in_bytes": memory,
+            "memory.memsw.limit_in_bytes": memsw,
+            "memory.oom_control": "0",  # OOM killer enabled: a hog dies instead of hanging
+        },
+        "pids": {"pids.max": "max" if limits.pids is None else str(limits.pids)},
+        "blkio": {},
+    }
+    for field, name in _BLKIO_FILES.items():
+        rates = {rule.device: rule.rate for rule in getattr(limits, field)}
+        if rates:
+            files["blkio"][name] = "\n".join(f"{d} {r}" for d, r in sorted(rates.items()))
+    return files
+
+
+def _aggregate(limits: Limits) -> Limits:
+    """The user level carries only memory, cpus and pids; io is per sandbox."""
+    return Limits(cpus=limits.cpus, memory=limits.memory, swap=limits.swap, pids=limits.pids)
+
+
+# --------------------------------------------------------------------------- file helpers
+
+
+def _write(path: str, value: str) -> None:
+    """Write one value; cgroupfs parses each write() on its own, so one line per call."""
+    try:
+        with open(path, "w") as fh:
+            fh.write(value)
+    except OSError as exc:
+        raise CgroupError(f"cgroupfs refused writing {value!r} to {path}: {exc.strerror}") from exc
+
+
+def _write_lines(path: str, text: str) -> None:
+    for line in text.splitlines():
+        _write(path, line)
+
+
+def _read(path: str) -> str | None:
+    """Read a file, None if it (or its cgroup) is missing: stats must never raise for that."""
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _read_int(path: str, default: int = 0) -> int:
+    text = _read(path)
+    try:
+        return int(text.strip()) if text is not None else default
+    except ValueError:
+        return default
+
+
+def _read_keyed(path: str) -> dict[str, int]:
+    """Parse a flat keyed file (``key value`` lines: cpu.stat, memory.stat, memory.events)."""
+    out: dict[str, int] = {}
+    for line in (_read(path) or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def _read_procs(path: str) -> list[int]:
+    return [int(x) for x in (_read(path) or "").split()]
+
+
+def _mkdir(path: str) -> bool:
+    """Create one cgroup directory; True if this call made it (so a failure undoes only that)."""
+    try:
+        os.mkdir(path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise CgroupError(f"cannot create cgroup {path}: {exc.strerror}") from exc
+
+
+def _rmdir(path: str, timeout: float = 2.0) -> None:
+    """Remove a cgroup; missing is fine, EBUSY is retried while killed tasks finish exiting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise CgroupError(f"cannot remove cgroup {path}: {exc.strerror}") from exc
+            time.sleep(_POLL)
+
+
+def _subdirs(path: str) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(path) if e.is_dir() and _NAME_RE.fullmatch(e.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _sigkill_all(pids: Iterable[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # ESRCH: it exited between the read and the kill
+            pass
+
+
+def _unit_max(text: str | None) -> int | None:
+    """``max`` (v2) or a v1 value near LONG_MAX mean no limit."""
+    if text is None or text.strip() in ("", "max"):
+        return None
+    value = int(text.strip())
+    return None if value >= _V1_UNLIMITED_MIN else value
+
+
+@dataclass(frozen=True)
+class _Mount:
+    mountpoint: str
+    fstype: str
+    super_options: tuple[str, ...]
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def read_cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[_Mount]:
+    """The cgroup and cgroup2 mounts, read from mountinfo rather than guessed from paths."""
+    mounts = []
+    with open(mountinfo) as fh:
+        for line in fh:
+            pre, _, post = line.partition(" - ")
+            fields, tail = pre.split(), post.split()
+            if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+                continue
+            mounts.append(_Mount(_unescape(fields[4]), tail[0], tuple(tail[2].split(","))))
+    return mounts
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def find_v1_mounts(
+    mount: str, mountinfo: str = "/proc/self/mountinfo"
+) -> tuple[dict[str, str], str | None]:
+    """Controller → mount point (combined mounts such as ``cpu,cpuacct`` map both names to one
+    place), preferring mounts under ``mount``; plus a cgroup2 mount under it (hybrid hosts)."""
+    controllers: dict[str, str] = {}
+    unified = None
+    mounts = read_cgroup_mounts(mountinfo)
+    preferred = [m for m in mounts if _under(m.mountpoint, mount)] + mounts
+    for m in preferred:
+        if m.fstype == "cgroup2":
+            if unified is None and m.mountpoint != mount and _under(m.mountpoint, mount):
+                unified = m.mountpoint
+            continue
+        for controller in _V1_CONTROLLERS:
+            if controller in m.super_options:
+                controllers.setdefault(controller, m.mountpoint)
+    return controllers, unified
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+class CgroupDriver(ABC):
+    """``<mount>/<root>/<user>/<sandbox>``: create, limit, join, watch, kill, remove.
+
+    Called by ``runtime/sandbox.py`` (create/update/stats/kill/remove), by the launcher (which
+    writes its pid into every ``join_paths`` file while still root), and by crash cleanup and
+    ``sandboxd cleanup`` (``list``/``remove_all``).
+    """
+
+    version: int
+
+    def __init__(self, root: str, mount: str = "/sys/fs/cgroup") -> None:
+        self.root = check_name(root, "root")
+        self.mount = mount.rstrip("/") or "/"
+
+    # -- paths: every driver has one or more hierarchy mounts, the same relative layout
+
+    @abstractmethod
+    def _hierarchies(self) -> list[str]:
+        """Mount points of all hierarchies this driver creates directories in."""
+
+    def _rel(self, user: str | None = None, sandbox: str | None = None) -> str:
+        parts = [self.root]
+        if user is not None:
+            parts.append(check_name(user, "user"))
+        if sandbox is not None:
+            parts.append(check_name(sandbox, "sandbox"))
+        return "/".join(parts)
+
+    def _dirs(self, user: str | None = None, sandbox: str | None = None) -> list[str]:
+        rel = self._rel(user, sandbox)
+        return [os.path.join(m, rel) for m in self._hierarchies()]
+
+    # -- lifecycle
+
+    def ensure_user(self, user: str, limits: Limits) -> None:
+        """Create the user level (idempotent) and write its aggregate memory/cpus/pids limits."""
+        agg = _aggregate(limits)
+        check_limits(agg)
+        made = self._make(self._dirs(), self._dirs(user))
+        try:
+            self._prepare_parent(user)
+            self._apply(user, None, agg)
+        except BaseException:
+            self._undo(made)
+            raise
+
+    def create(self, user: str, sandbox: str, limits: Limits) -> None:
+        """Create the sandbox level and write its limits; on failure remove what was made."""
+        check_limits(limits)
+        if not all(os.path.isdir(d) for d in self._dirs(user)):
+            raise CgroupError(f"user cgroup {self._rel(user)} missing: call ensure_user first")
+        made = self._make([], self._dirs(user, sandbox))
+        try:
+            self._apply(user, sandbox, limits)
+        except BaseException:
+            self._undo(made)
+            raise
+
+    def update(self, user: str, sandbox: str, limits: Limits) -> None:
+        """Change the limits of a running sandbox in place (also resets dropped io rules)."""
+        check_limits(limits)
+        self._apply(user, sandbox, limits)
+
+    def join_paths(self, user: str, sandbox: str) -> list[str]:
+        """The ``cgroup.procs`` files a launcher child writes "0" into to join every hierarchy."""
+        return [os.path.join(d, "cgroup.procs") for d in self._dirs(user, sandbox)]
+
+    def pids(self, user: str, sandbox: str) -> list[int]:
+        """Processes in the sandbox (union over hierarchies, in case a join was partial)."""
+        found: set[int] = set()
+        for path in self.join_paths(user, sandbox):
+            found.update(_read_procs(path))
+        return sorted(found)
+
+    def remove(self, user: str, sandbox: str) -> None:
+        """Kill everything inside, then rmdir in every hierarchy; a missing cgroup is fine."""
+        if not any(os.path.isdir(d) for d in self._dirs(user, sandbox)):
+            return
+        self.kill(user, sandbox)
+        for path in self._dirs(user, sandbox):
+            _rmdir(path)
+
+    def remove_user(self, user: str) -> None:
+        """Remove the user level if it holds no sandbox any more (else leave it)."""
+        dirs = self._dirs(user)
+        if any(_subdirs(d) for d in dirs):
+            return
+        for path in dirs:
+            _rmdir(path)
+
+    def list(self) -> list[tuple[str, str]]:
+        """(user, sandbox) pairs present in any hierarchy, for crash cleanup."""
+        pairs: set[tuple[str, str]] = set()
+        for root in self._dirs():
+            for user in _subdirs(root):
+                pairs.update((user, sb) for sb in _subdirs(os.path.join(root, user)))
+        return sorted(pairs)
+
+    def remove_all(self) -> None:
+        """Everything under ``<root>`` (for ``sandboxd cleanup`` and tests)."""
+        for user, sandbox in self.list():
+            self.remove(user, sandbox)
+        users = {u for root in self._dirs() for u in _subdirs(root)}
+        for user in sorted(users):
+            self.remove_user(user)
+        for path in self._dirs():
+            _rmdir(path)
+
+    def _make(self, parents: list[str], leaves: list[str]) -> list[str]:
+        made: list[str] = []
+        try:
+            for path in [*parents, *leaves]:
+                if _mkdir(path):
+                    made.append(path)
+        except CgroupError:
+            self._undo(made)
+            raise
+        return made
+
+    @staticmethod
+    def _undo(made: list[str]) -> None:
+        for path in reversed(made):
+            try:
+                _rmdir(path, timeout=0.5)
+            except CgroupError:
+                pass  # best effort while unwinding; the original error is what matters
+
+    def _wait_empty(self, user: str, sandbox: str, deadline: float) -> bool:
+        while self.pids(user, sandbox):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(_POLL)
+        return True
+
+    def _try_freeze(self, user: str, sandbox: str, deadline: float) -> None:
+        """Freeze before a kill round; a task stuck in D state must not stop the kill itself."""
+        try:
+            self.freeze(user, sandbox, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        except CgroupError:
+            pass
+
+    def _prepare_parent(self, user: str) -> None:
+        """Hook: v2 enables controllers down to the user level. Nothing to do on v1."""
+
+    @abstractmethod
+    def _apply(self, user: str, sandbox: str | None, limits: Limits) -> None:
+        """Write limits at the user level (sandbox None) or the sandbox level."""
+
+    @abstractmethod
+    def stats(self, user: str, sandbox: str) -> CgroupStats:
+        """One usage sample for metrics and ``sandboxctl stats``; missing files read as 0."""
+
+    @abstractmethod
+    def oom_kills(self, user: str, sandbox: str) -> int:
+        """OOM kills inside the sandbox so far, to report exit 137 as "out of memory"."""
+
+    @abstractmethod
+    def kill(self, user: str, sandbox: str, timeout: float = 5.0) -> None:
+        """SIGKILL every process and wait until empty; CgroupError if any survive ``timeout``."""
+
+    @abstractmethod
+    def freeze(self, user: str, sandbox: str, timeout: float = 5.0) -> None:
+        """Stop every process (pause a sandbox); returns once the kernel reports it frozen."""
+
+    @abstractmethod
+    def thaw(self, user: str, sandbox: str) -> None:
+        """Undo ``freeze``."""
+
+
+# --------------------------------------------------------------------------- cgroup v2
+
+
+class CgroupV2(CgroupDriver):
+    """Unified hierarchy. Also works on a controller-less cgroup2 mount (hybrid hosts'
+    ``/sys/fs/cgroup/unified``): membership, freeze, kill and ``cpu.stat`` need no controller,
+    and any real limit asked there fails loudly naming the missing controller."""
+
+    version = 2
+
+    def _hierarchies(self) -> list[str]:
+        return [self.mount]
+
+    def _dir(self, user: str | None = None, sandbox: str | None = None) -> str:
+        return os.path.join(self.mount, self._rel(user, sandbox))
+
+    def _prepare_parent(self, user: str) -> None:
+        """Enable our controllers in each parent's subtree_control, down to the user level."""
+        for parent in (self.mount, self._dir(), self._dir(user)):
+            available = set((_read(os.path.join(parent, "cgroup.controllers")) or "").split())
+            enabled = set((_read(os.path.join(parent, "cgroup.subtree_control")) or "").split())
+            wanted = [c for c in _V2_CONTROLLERS if c in available and c not in enabled]
+            if wanted:
+                control = os.path.join(parent, "cgroup.subtree_control")
+                _write(control, " ".join(f"+{c}" for c in wanted))
+
+    def _apply(self, user: str, sandbox: str | None, limits: Limits) -> None:
+        path = self._dir(user, sandbox)
+        available = set((_read(os.path.join(path, "cgroup.controllers")) or "").split())
+        files = v2_limit_files(limits)
+        for name, value in files.items():
+            if name == "io.max":
+                continue
+            self._write_limit(path, available, name, value, limits)
+        self._write_io(path, available, files.get("io.max", ""))
+
+    def _write_limit(
+        self, path: str, available: set[str], name: str, value: str, limits: Limits
+    ) -> None:
+        controller = name.split(".", 1)[0]
+        target = os.path.join(path, name)
+        if controller not in available:
+            if value != _V2_DEFAULTS[name]:
+                raise CgroupError(
+                    f"cannot set {name}={value!r}: the {controller} controller is not "
+                    f"available in {path} (cgroup.controllers: {' '.join(sorted(available))})"
+                )
+            return
+        if name == "memory.swap.max" and not os.path.exists(target):
+            if limits.swap > 0:
+                raise CgroupError(
+                    f"cannot allow {limits.swap} bytes of swap: swap accounting is off "
+                    f"({target} missing)"
+                )
+            return
+        _write(target, value)
+
+    def _write_io(self, path: str, available: set[str], text: str) -> None:
+        target = os.path.join(path, "io.max")
+        if "io" not in available:
+            if text:
+                raise CgroupError(
+                    f"cannot set io.max: the io controller is not available in {path}"
+                )
+            return
+        wanted = {line.split()[0] for line in text.splitlines()}
+        for line in (_read(target) or "").splitlines():
+            device = line.split()[0] if line.split() else ""
+            if device and device not in wanted:
+                _write(target, f"{device} {_IO_RESET}")
+        _write_lines(target, text)
+
+    def stats(self, user: str, sandbox: str) -> CgroupStats:
+        path = self._dir(user, sandbox)
+        cpu = _read_keyed(os.path.join(path, "cpu.stat"))
+        mem = _read_keyed(os.path.join(path, "memory.stat"))
+        usage = _read_int(os.path.join(path, "memory.current"))
+        io = self._io_stat(path)
+        return CgroupStats(
+            cpu_usage_seconds=cpu.get("usage_usec", 0) / 1e6,
+            cpu_user_seconds=cpu.get("user_usec", 0) / 1e6,
+            cpu_system_seconds=cpu.get("system_usec", 0) / 1e6,
+            cpu_periods=cpu.get("nr_periods", 0),
+            cpu_throttled_periods=cpu.get("nr_throttled", 0),
+            cpu_throttled_seconds=cpu.get("throttled_usec", 0) / 1e6,
+            memory_usage=usage,
+            memory_peak=_read_int(os.path.join(path, "memory.peak"), usage),
+            memory_working_set=max(0, usage - mem.get("inactive_file", 0)),
+            memory_rss=mem.get("anon", 0),
+            memory_cache=mem.get("file", 0),
+            memory_swap=_read_int(os.path.join(path, "memory.swap.current")),
+            memory_limit=_unit_max(_read(os.path.join(path, "memory.max"))),
+            oom_kills=self.oom_kills(user, sandbox),
+            pids_current=_read_int(os.path.join(path, "pids.current")),
+            pids_limit=_unit_max(_read(os.path.join(path, "pids.max"))),
+            io_read_bytes=io.get("rbytes", 0),
+            io_write_bytes=io.get("wbytes", 0),
+            io_read_ops=io.get("rios", 0),
+            io_write_ops=io.get("wios", 0),
+        )
+
+    @staticmethod
+    def _io_stat(path: str) -> dict[str, int]:
+        """Sum io.stat's ``MAJ:MIN key=value ...`` lines over all devices."""
+        total: dict[str, int] = {}
+        for line in (_read(os.path.join(path, "io.stat")) or "").splitlines():
+            for item in line.split()[1:]:
+                key, _, value = item.partition("=")
+                if value.isdigit():
+                    total[key] = total.get(key, 0) + int(value)
+        return total
+
+    def oom_kills(self, user: str, sandbox: str) -> int:
+        events = _read_keyed(os.path.join(self._dir(user, sandbox), "memory.events"))
+        return events.get("oom_kill", 0)
+
+    def freeze(self, user: str, sandbox: str, timeout: float = 5.0) -> None:
+        """Freeze and wait until the kernel reports every task frozen (``cgroup.events``)."""
+        path = self._dir(user, sandbox)
+        _write(os.path.join(path, "cgroup.freeze"), "1")
+        deadline = time.monotonic() + timeout
+        while _read_keyed(os.path.join(path, "cgroup.events")).get("frozen") != 1:
+            if time.monotonic() > deadline:
+                raise CgroupError(f"{path} did not freeze within {timeout:.1f}s")
+            time.sleep(_POLL)
+
+    def thaw(self, user: str, sandbox: str) -> None:
+        _write(os.path.join(self._dir(user, sandbox), "cgroup.freeze"), "0")
+
+    def kill(self, user: str, sandbox: str, timeout: float = 5.0) -> None:
+        """SIGKILL every process: ``cgroup.kill`` (5.14+) is atomic against forks; older
+        kernels freeze first so nothing forks between reading the list and the kills."""
+        path = self._dir(user, sandbox)
+        if not os.path.isdir(path):
+            return
+        deadline = time.monotonic() + timeout
+        if os.path.exists(os.path.join(path, "cgroup.kill")):
+            _write(os.path.join(path, "cgroup.kill"), "1")
+        else:
+            self._freeze_kill_loop(user, sandbox, deadline)
+        if not self._wait_empty(user, sandbox, deadline):
+            raise CgroupError(f"processes left in {path} after {timeout:.1f}s of SIGKILL")
+
+    def _freeze_kill_loop(self, user: str, sandbox: str, deadline: float) -> None:
+        while self.pids(user, sandbox) and time.monotonic() < deadline:
+            self._try_freeze(user, sandbox, deadline)
+            _sigkill_all(self.pids(user, sandbox))
+            self.thaw(user, sandbox)
+            time.sleep(_POLL)
+
+
+# --------------------------------------------------------------------------- cgroup v1
+
+
+class CgroupV1(CgroupDriver):
+    """One hierarchy per controller mount (found in mountinfo, combined mounts deduplicated),
+    plus the cgroup2 mount of a hybrid host for membership only."""
+
+    version = 1
+
+    def __init__(
+        self, root: str, mount: str = "/sys/fs/cgroup", mountinfo: str = "/proc/self/mountinfo"
+    ) -> None:
+        super().__init__(root, mount)
+        try:
+            self._controllers, self._unified = find_v1_mounts(self.mount, mountinfo)
+        except OSError as exc:
+            raise CgroupError(f"cannot read {mountinfo}: {exc.strerror}") from exc
+
+    def _hierarchies(self) -> list[str]:
+        ordered = list(dict.fromkeys(self._controllers[c] for c in sorted(self._controllers)))
+        return ordered + ([self._unified] if self._unified else [])
+
+    def _cdir(self, controller: str, user: str, sandbox: str | None = None) -> str | None:
+        mountpoint = self._controllers.get(controller)
+        return os.path.join(mountpoint, self._rel(user, sandbox)) if mountpoint else None
+
+    def _apply(self, user: str, sandbox: str | None, limits: Limits) -> None:
+        files = v1_limit_files(limits)
+        for controller in ("cpu", "pids"):
+            for name, value in files[controller].items():
+                self._write_limit(controller, user, sandbox, name, value)
+        self._write_memory(user, sandbox, files["memory"], limits)
+        self._write_blkio(user, sandbox, files["blkio"])
+
+    def _require(self, controller: str, user: str, sandbox: str | None, what: str) -> str:
+        path = self._cdir(controller, user, sandbox)
+        if path is None:
+            raise CgroupError(
+                f"cannot set {what}: the {controller} controller hierarchy is not mounted"
+            )
+        return path
+
+    def _write_limit(
+        self, controller: str, user: str, sandbox: str | None, name: str, value: str
+    ) -> None:
+        if self._cdir(controller, user, sandbox) is None and value == _V1_DEFAULTS[name]:
+            return
+        path = self._require(controller, user, sandbox, f"{name}={value}")
+        _write(os.path.join(path, name), value)
+
+    def _write_memory(
+        self, user: str, sandbox: str | None, files: dict[str, str], limits: Limits
+    ) -> None:
+        """memory.limit_in_bytes must stay <= memsw: raise memsw first when growing past it."""
+        if self._cdir("memory", user, sandbox) is None and limits.memory is None:
+            return
+        path = self._require("memory", user, sandbox, "memory limit")
+        memsw = os.path.join(path, "memory.memsw.limit_in_bytes")
+        limit = os.path.join(path, "memory.limit_in_bytes")
+        if sandbox is not None:
+            _write(os.path.join(path, "memory.oom_control"), files["memory.oom_control"])
+        if not os.path.exists(memsw):
+            if limits.swap > 0 and limits.memory is not None:
+                raise CgroupError(
+                    f"cannot allow {limits.swap} bytes of swap: swap accounting is off "
+                    f"({memsw} missing; boot with swapaccount=1)"
+                )
+            _write(limit, files["memory.limit_in_bytes"])
+            return
+        new = _as_limit(files["memory.limit_in_bytes"])
+        order = [limit, memsw] if new <= _read_int(memsw, -1) else [memsw, limit]
+        for target in order:
+            _write(target, files[os.path.basename(target)])
+
+    def _write_blkio(self, user: str, sandbox: str | None, files: dict[str, str]) -> None:
+        """Write throttle rules and zero (= remove) rules for devices no longer listed."""
+        if sandbox is None:
+            return  # io is a per-sandbox limit
+        path = self._cdir("blkio", user, sandbox)
+        if path is None:
+            if files:
+                raise CgroupError("cannot set io limits: the blkio controller is not mounted")
+            return
+        for name in _BLKIO_FILES.values():
+            target = os.path.join(path, name)
+            text = files.get(name, "")
+            wanted = {line.split()[0] for line in text.splitlines()}
+            for line in (_read(target) or "").splitlines():
+                if line.split() and line.split()[0] not in wanted:
+                    _write(target, f"{line.split()[0]} 0")
+            _write_lines(target, text)
+
+    def stats(self, user: str, sandbox: str) -> CgroupStats:
+        cpu = self._cdir("cpu", user, sandbox) or ""
+        acct = self._cdir("cpuacct", user, sandbox) or ""
+        mem = self._cdir("memory", user, sandbox) or ""
+        pids = self._cdir("pids", user, sandbox) or ""
+        cstat = _read_keyed(os.path.join(cpu, "cpu.stat")) if cpu else {}
+        ticks = _read_keyed(os.path.join(acct, "cpuacct.stat")) if acct else {}
+        mstat = _read_keyed(os.path.join(mem, "memory.stat")) if mem else {}
+        usage = _read_int(os.path.join(mem, "memory.usage_in_bytes")) if mem else 0
+        hz = os.sysconf("SC_CLK_TCK")
+        io = self._blkio_stat(user, sandbox)
+        return CgroupStats(
+            cpu_usage_seconds=_read_int(os.path.join(acct, "cpuacct.usage")) / 1e9 if acct else 0.0,
+            cpu_user_seconds=ticks.get("user", 0) / hz,
+            cpu_system_seconds=ticks.get("system", 0) / hz,
+            cpu_periods=cstat.get("nr_periods", 0),
+            cpu_throttled_periods=cstat.get("nr_throttled", 0),
+            cpu_throttled_seconds=cstat.get("throttled_time", 0) / 1e9,
+            memory_usage=usage,
+            memory_peak=_read_int(os.path.join(mem, "memory.max_usage_in_bytes")) if mem else 0,
+            memory_working_set=max(0, usage - _total(mstat, "inactive_file")),
+            memory_rss=_total(mstat, "rss"),
+            memory_cache=_total(mstat, "cache"),
+            memory_swap=_total(mstat, "swap"),
+            memory_limit=_unit_max(_read(os.path.join(mem, "memory.limit_in_bytes")))
+            if mem
+            else None,
+            oom_kills=self.oom_kills(user, sandbox),
+            pids_current=_read_int(os.path.join(pids, "pids.current")) if pids else 0,
+            pids_limit=_unit_max(_read(os.path.join(pids, "pids.max"))) if pids else None,
+            io_read_bytes=io[0],
+            io_write_bytes=io[1],
+            io_read_ops=io[2],
+            io_write_ops=io[3],
+        )
+
+    def _blkio_stat(self, user: str, sandbox: str) -> tuple[int, int, int, int]:
+        """(read bytes, write bytes, read ops, write ops) from the throttle accounting files."""
+        path = self._cdir("blkio", user, sandbox)
+        if path is None:
+            return (0, 0, 0, 0)
+        out: list[int] = []
+        for base in ("blkio.throttle.io_service_bytes", "blkio.throttle.io_serviced"):
+            text = _read(os.path.join(path, base + "_recursive"))
+            if text is None:
+                text = _read(os.path.join(path, base)) or ""
+            sums = {"Read": 0, "Write": 0}
+            for line in text.splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[1] in sums and parts[2].isdigit():
+                    sums[parts[1]] += int(parts[2])
+            out += [sums["Read"], sums["Write"]]
+        return (out[0], out[1], out[2], out[3])
+
+    def oom_kills(self, user: str, sandbox: str) -> int:
+        path = self._cdir("memory", user, sandbox)
+        return (
+            _read_keyed(os.path.join(path, "memory.oom_control")).get("oom_kill", 0) if path else 0
+        )
+
+    def _freezer_state(self, user: str, sandbox: str) -> str | None:
+        path = self._cdir("freezer", user, sandbox)
+        return os.path.join(path, "freezer.state") if path else None
+
+    def freeze(self, user: str, sandbox: str, timeout: float = 5.0) -> None:
+        """Write FROZEN and wait for the state to leave FREEZING."""
+        state = self._freezer_state(user, sandbox)
+        if state is None:
+            raise CgroupError("cannot freeze: the freezer controller hierarchy is not mounted")
+        _write(state, "FROZEN")
+        deadline = time.monotonic() + timeout
+        while (_read(state) or "").strip() != "FROZEN":
+            if time.monotonic() > deadline:
+                raise CgroupError(f"{state} did not reach FROZEN within {timeout:.1f}s")
+            time.sleep(_POLL)
+
+    def thaw(self, user: str, sandbox: str) -> None:
+        state = self._freezer_state(user, sandbox)
+        if state is None:
+            raise CgroupError("cannot thaw: the freezer controller hierarchy is not mounted")
+        _write(state, "THAWED")
+
+    def kill(self, user: str, sandbox: str, timeout: float = 5.0) -> None:
+        """Freeze (so nothing forks past us), SIGKILL all, thaw (v1 frozen tasks only die once
+        thawed), and loop until empty. Without a freezer mount: plain kill loop."""
+        if not any(os.path.isdir(d) for d in self._dirs(user, sandbox)):
+            return
+        deadline = time.monotonic() + timeout
+        state = self._freezer_state(user, sandbox)
+        use_freezer = state is not None and os.path.exists(state)
+        while self.pids(user, sandbox) and time.monotonic() < deadline:
+            if use_freezer:
+                self._try_freeze(user, sandbox, deadline)
+            _sigkill_all(self.pids(user, sandbox))
+            if use_freezer:
+                self.thaw(user, sandbox)
+            self._wait_empty(user, sandbox, min(deadline, time.monotonic() + 0.2))
+        if not self._wait_empty(user, sandbox, deadline):
+            raise CgroupError(f"processes left in {self._rel(user, sandbox)} after SIGKILL")
+
+
+def _as_limit(value: str) -> int:
+    number = int(value)
+    return (1 << 63) if number < 0 else number
+
+
+def _total(stat: dict[str, int], key: str) -> int:
+    """v1 memory.stat: prefer the hierarchical ``total_*`` counter."""
+    return stat.get(f"total_{key}", stat.get(key, 0))
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def probe(root: str, mount: str = "/sys/fs/cgroup") -> CgroupDriver:
+    """cgroup2 mounted at ``mount`` itself → v2; anything else (v1 or hybrid) → v1 controllers."""
+    mount = mount.rstrip("/") or "/"
+    try:
+        mounts = read_cgroup_mounts()
+    except OSError as exc:
+        raise CgroupError(f"cannot read /proc/self/mountinfo: {exc.strerror}") from exc
+    at_mount = [m for m in mounts if m.mountpoint == mount]
+    if at_mount and at_mount[-1].fstype == "cgroup2":
+        return CgroupV2(root, mount)
+    if not any(m.fstype == "cgroup" and _under(m.mountpoint, mount) for m in mounts):
+        raise CgroupError(f"no cgroup hierarchy mounted at or under {mount}")
+    return CgroupV1(root, mount)

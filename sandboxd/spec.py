@@ -1,0 +1,92 @@
+"""Frozen descriptions of what to build; every runtime step reads one of these, none writes it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DeviceRate:
+    """A per-block-device IO limit: ``device`` is ``MAJ:MIN``, ``rate`` bytes/s or ops/s."""
+
+    device: str
+    rate: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one sandbox (or, for the user level, of all a user's sandboxes).
+
+    ``None`` means unlimited. ``swap`` is swap allowed *beyond* ``memory`` (0 = no swap).
+    """
+
+    cpus: float | None = None
+    memory: int | None = None
+    swap: int = 0
+    pids: int | None = None
+    disk: int | None = None
+    io_read_bps: tuple[DeviceRate, ...] = ()
+    io_write_bps: tuple[DeviceRate, ...] = ()
+    io_read_iops: tuple[DeviceRate, ...] = ()
+    io_write_iops: tuple[DeviceRate, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Limits:
+        io = {
+            key: tuple(DeviceRate(**item) for item in data.get(key, ()))
+            for key in ("io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops")
+        }
+        plain = {k: v for k, v in data.items() if k not in io}
+        return cls(**plain, **io)
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A host directory bound into the sandbox (already resolved and checked)."""
+
+    host: str
+    container: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything needed to build one sandbox; made once by admission, then only read."""
+
+    id: str
+    name: str
+    user: str
+    uid: int  # the tenant's unprivileged host uid (also its gid)
+    command: tuple[str, ...]
+    kind: str = "sandbox"  # "sandbox" | "kernel" | "server"
+    profile: str = "default"
+    image: str = "host"
+    limits: Limits = field(default_factory=Limits)
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = "/home/jovyan"
+    volumes: tuple[Volume, ...] = ()
+    network: str = "none"
+    stdin: bool = False
+    auto_remove: bool = False
+    seccomp_profile: str | None = None  # path of a Docker-format JSON profile; None = built-in
+    lifetime: float | None = None  # seconds; None = no limit
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["limits"] = self.limits.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxSpec:
+        data = dict(data)
+        data["limits"] = Limits.from_json(data.get("limits", {}))
+        data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
+        data["command"] = tuple(data["command"])
+        data["env"] = tuple(tuple(pair) for pair in data.get("env", ()))
+        data["labels"] = tuple(tuple(pair) for pair in data.get("labels", ()))
+        return cls(**data)

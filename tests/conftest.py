@@ -1,0 +1,276 @@
+"""Fixtures: a real sandboxd, in its own network namespace, with a test instance name.
+
+The whole pytest process moves into a fresh network namespace at start, so the daemon under
+test, its clients and every sandbox talk only over that namespace's loopback. The session
+ends with a leak check of everything named with the test instance prefix.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+SANDBOXD = os.path.join(BIN, "sandboxd")
+SANDBOXCTL = os.path.join(BIN, "sandboxctl")
+PYTHON = sys.executable
+
+INSTANCE = os.environ.get("SANDBOXD_TEST_INSTANCE") or "sbxt" + secrets.token_hex(2)
+TEST_NETNS = f"{INSTANCE}-tns"
+CLONE_NEWNET = 0x40000000
+
+
+def _enter_test_netns() -> None:
+    subprocess.run(["ip", "netns", "add", TEST_NETNS], check=True)
+    fd = os.open(f"/run/netns/{TEST_NETNS}", os.O_RDONLY)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+    os.close(fd)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.geteuid() != 0:
+        raise pytest.UsageError("sandboxd's tests run as root on a real kernel")
+    if not hasattr(config, "workerinput"):
+        _enter_test_netns()
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Host objects whose names start with ``prefix`` (and bwrap processes of ours)."""
+    left: list[str] = []
+    if os.path.isdir("/run/netns"):
+        left += [f"netns {n}" for n in os.listdir("/run/netns")
+                 if n.startswith(prefix) and n != TEST_NETNS]
+    for ns in (None, f"/run/netns/{TEST_NETNS}"):
+        cmd = ["ip", "-o", "link", "show"]
+        if ns:
+            cmd = ["nsenter", f"--net={ns}", *cmd]
+        out = subprocess.run(cmd, capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            name = line.split(":", 2)[1].strip().split("@")[0]
+            if name.startswith(prefix):
+                left.append(f"link {name}")
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            target = line.split()[4]
+            if f"/{prefix}" in target and target != f"/run/netns/{TEST_NETNS}":
+                left.append(f"mount {target}")
+    for base, dirs, _ in os.walk("/sys/fs/cgroup"):
+        if base.count("/") > 5:
+            dirs[:] = []
+            continue
+        left += [f"cgroup {base}/{d}" for d in dirs if d.startswith(prefix)]
+        dirs[:] = [d for d in dirs if not d.startswith(prefix)]
+    for ns in (None, f"/run/netns/{TEST_NETNS}"):
+        cmd = ["nft", "-j", "list", "tables"]
+        if ns:
+            cmd = ["nsenter", f"--net={ns}", *cmd]
+        out = subprocess.run(cmd, capture_output=True, text=True).stdout
+        if out.strip():
+            for item in json.loads(out).get("nftables", []):
+                table = item.get("table")
+                if table and table["name"].startswith(prefix):
+                    left.append(f"nft table {table['family']} {table['name']}")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"bwrap" and prefix.encode() in b" ".join(argv):
+            left.append(f"process {pid} bwrap")
+    return left
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput"):
+        return
+    subprocess.run([SANDBOXD, "cleanup", "--instance", INSTANCE, "--purge",
+                    "--state-dir", STATE_DIR], capture_output=True)
+    left = leftovers(INSTANCE)
+    subprocess.run(["ip", "netns", "delete", TEST_NETNS], capture_output=True)
+    if left:
+        sys.stderr.write("\nLEAK CHECK FAILED: left on the host:\n  " + "\n  ".join(left) + "\n")
+        session.exitstatus = 1
+    else:
+        sys.stderr.write(f"\nleak check: nothing left for {INSTANCE}\n")
+
+
+STATE_DIR = tempfile.mkdtemp(prefix=f"{INSTANCE}-state-")
+VOLUME_ROOT = tempfile.mkdtemp(prefix=f"{INSTANCE}-vol-")
+os.chmod(VOLUME_ROOT, 0o755)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class Client:
+    url: str
+    token: str | None
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def request(self, method: str, path: str, **kw: Any) -> requests.Response:
+        headers = kw.pop("headers", {})
+        if self.token is not None:
+            headers.setdefault("Authorization", f"token {self.token}")
+        return self.session.request(method, self.url + path, headers=headers, timeout=120, **kw)
+
+    def call(self, method: str, path: str, expect: int | None = None, **kw: Any) -> Any:
+        resp = self.request(method, path, **kw)
+        body = resp.json() if resp.content else None
+        if expect is not None:
+            assert resp.status_code == expect, (resp.status_code, body)
+        elif resp.status_code >= 400:
+            raise ApiError(resp.status_code, body)
+        return body
+
+    def run(self, command: list[str], **fields: Any) -> dict[str, Any]:
+        return self.call("POST", "/api/sandboxes", json={"command": command, **fields})
+
+    def wait(self, sid: str) -> dict[str, Any]:
+        return self.call("POST", f"/api/sandboxes/{sid}/wait")
+
+    def logs(self, sid: str) -> dict[str, Any]:
+        return self.call("GET", f"/api/sandboxes/{sid}/logs")
+
+    def run_to_end(self, command: list[str], **fields: Any) -> tuple[dict[str, Any], str, str]:
+        sb = self.run(command, **fields)
+        result = self.wait(sb["id"])
+        logs = self.logs(sb["id"])
+        self.call("DELETE", f"/api/sandboxes/{sb['id']}?force=1")
+        return result, logs["stdout"], logs["stderr"]
+
+
+CONFIG = f"""
+volume_roots = ["{VOLUME_ROOT}"]
+stop_grace_seconds = 3
+log_max_bytes = 65536
+
+[profiles.default]
+cpus = 1.0
+memory = "512m"
+pids = 256
+disk = "256m"
+max_cpus = 2.0
+max_memory = "4g"
+
+[profiles.hostnet]
+network = "host"
+allow_host_network = true
+
+[quotas.default]
+max_sandboxes = 12
+memory = "6g"
+cpus = 8.0
+"""
+
+
+@dataclass
+class Daemon:
+    url: str
+    instance: str
+    state_dir: str
+    run_dir: str
+    config_path: str
+    admin: Client
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    log_path: str = ""
+    users: dict[str, Client] = field(default_factory=dict)
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [SANDBOXD, "serve", "--config", self.config_path, "--instance", self.instance,
+             "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state_dir,
+             "--run-dir", self.run_dir], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        token_file = os.path.join(self.state_dir, "admin-token")
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sandboxd exited: {open(self.log_path).read()[-3000:]}")
+            try:
+                with open(token_file) as fh:
+                    self.admin.token = fh.read().strip()
+                requests.get(self.url + "/api/openapi.json", timeout=1)
+                return
+            except (OSError, requests.ConnectionError):
+                time.sleep(0.05)
+        raise RuntimeError("sandboxd did not come up")
+
+    def kill(self, sig: int = 9) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+    def user(self, name: str) -> Client:
+        """A client for user ``name`` (created on first use)."""
+        if name not in self.users:
+            body = self.admin.call("POST", "/api/users", json={"name": name})
+            self.users[name] = Client(self.url, body["token"])
+        return self.users[name]
+
+    def env(self, token: str | None = None) -> dict[str, str]:
+        return {**os.environ, "SANDBOXD_URL": self.url,
+                "SANDBOXD_TOKEN": token or self.admin.token or ""}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator[Daemon]:
+    config_path = os.path.join(STATE_DIR, "..", f"{INSTANCE}.toml")
+    with open(config_path, "w") as fh:
+        fh.write(CONFIG)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    d = Daemon(url=url, instance=INSTANCE, state_dir=STATE_DIR,
+               run_dir=f"/run/sandboxd/{INSTANCE}", config_path=config_path,
+               admin=Client(url, None), port=port, log_path=STATE_DIR + ".log")
+    d.start()
+    yield d
+    if d.proc and d.proc.poll() is None:
+        d.proc.terminate()
+        d.proc.wait(timeout=30)
+    for c in d.users.values():
+        c.session.close()
+    shutil.rmtree(VOLUME_ROOT, ignore_errors=True)
+
+
+@pytest.fixture
+def alice(daemon: Daemon) -> Client:
+    return daemon.user("alice")
+
+
+@pytest.fixture
+def bob(daemon: Daemon) -> Client:
+    return daemon.user("bob")
