@@ -64,7 +64,7 @@ class RootfsPlan:
     volumes: tuple[Volume, ...]
     uid: int
     hostname: str
-    extra_dirs: tuple[str, ...] = ()  # (container path) made and chowned to the tenant
+    run_binds: tuple[tuple[str, str], ...] = ()  # (host dir, container path), read-write
 
 
 def python_environments() -> tuple[str, ...]:
@@ -176,7 +176,10 @@ def resolve_volume(text: str, allowed_roots: tuple[str, ...]) -> Volume:
     return Volume(host=real, container=os.path.normpath(ctr), read_only=mode == "ro")
 
 
-def plan(spec: SandboxSpec, image: Image, sandbox_dir: str) -> RootfsPlan:
+def plan(spec: SandboxSpec, image: Image, sandbox_dir: str,
+         extra_dirs: tuple[str, ...] = ()) -> RootfsPlan:
+    """``extra_dirs``: per-sandbox dirs under the sandbox's run dir, bound at ``/run/<name>``
+    (for example the kernel's ZMQ ipc sockets and connection file)."""
     return RootfsPlan(
         root=os.path.join(sandbox_dir, "root"),
         rw=os.path.join(sandbox_dir, "rw"),
@@ -186,6 +189,7 @@ def plan(spec: SandboxSpec, image: Image, sandbox_dir: str) -> RootfsPlan:
         volumes=spec.volumes,
         uid=spec.uid,
         hostname=spec.name,
+        run_binds=tuple((os.path.join(sandbox_dir, d), f"/run/{d}") for d in extra_dirs),
     )
 
 
@@ -226,6 +230,12 @@ def mount_plan(p: RootfsPlan) -> None:
         syscalls.mount(vol.host, target, None, syscalls.MS_BIND)
         flags = syscalls.MS_NOSUID | syscalls.MS_NODEV | (syscalls.MS_RDONLY if vol.read_only else 0)
         syscalls.mount(None, target, None, syscalls.MS_REMOUNT | syscalls.MS_BIND | flags)
+    for host, ctr in p.run_binds:
+        target = p.root + ctr
+        os.makedirs(target, exist_ok=True)
+        syscalls.mount(host, target, None, syscalls.MS_BIND)
+        syscalls.mount(None, target, None, syscalls.MS_REMOUNT | syscalls.MS_BIND
+                       | syscalls.MS_NOSUID | syscalls.MS_NODEV)
     with open(p.root + "/etc/hostname", "w") as fh:
         fh.write(p.hostname + "\n")
     with open(p.root + "/etc/hosts", "w") as fh:

@@ -135,7 +135,7 @@ class Runtime:
             seccomp_fd = seccomp.seccomp_fd(bpf)
             undo.callback(os.close, seccomp_fd)
 
-            plan_root = rootfs.plan(spec, image, directory)
+            plan_root = rootfs.plan(spec, image, directory, extra_dirs)
             rootfs.prepare(plan_root)
 
             info_r, info_w = os.pipe2(os.O_CLOEXEC)
