@@ -47,7 +47,8 @@ class Usage:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"sandboxes": self.sandboxes, "memory": self.memory, "cpus": round(self.cpus, 3)}
+        return {"sandboxes": self.sandboxes, "kernels": self.by_kind.get("kernel", 0),
+                "memory": self.memory, "cpus": round(self.cpus, 3)}
 
 
 def _str(body: dict[str, Any], key: str, default: str) -> str:
@@ -163,8 +164,14 @@ def limits_for(body: dict[str, Any], profile: Profile) -> Limits:
     )
 
 
-def check_quota(user: str, quota: Quota, usage: Usage, limits: Limits) -> None:
+def check_quota(user: str, quota: Quota, usage: Usage, limits: Limits,
+                kind: str = "sandbox") -> None:
     """Refuse with 429 if one more sandbox of ``limits`` would put ``user`` over ``quota``."""
+    kernels = usage.by_kind.get("kernel", 0)
+    if kind == "kernel" and kernels + 1 > quota.max_kernels:
+        raise QuotaExceeded(
+            f"user {user} already has {kernels} of {quota.max_kernels} kernels",
+            reason="max-kernels")
     if usage.sandboxes + 1 > quota.max_sandboxes:
         raise QuotaExceeded(
             f"user {user} already has {usage.sandboxes} of {quota.max_sandboxes} sandboxes",

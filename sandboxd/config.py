@@ -50,6 +50,7 @@ seccomp_profile = ""      # path of a Docker-format JSON profile; "" = built-in
 
 [quotas.default]
 max_sandboxes = 20
+max_kernels = 10
 memory = "16g"
 cpus = 8.0
 """
@@ -59,11 +60,11 @@ _PROFILE_KEYS = {
     "cull_busy", "cull_connected", "max_cpus", "max_memory", "max_pids", "max_disk",
     "allow_host_network", "seccomp_profile", "description",
 }
-_QUOTA_KEYS = {"max_sandboxes", "memory", "cpus"}
+_QUOTA_KEYS = {"max_sandboxes", "max_kernels", "memory", "cpus"}
 _TOP_KEYS = {
     "instance", "listen", "state_dir", "run_dir", "tenant_uid_base", "tenant_uid_count",
     "log_max_bytes", "stop_grace_seconds", "volume_roots", "metrics_token", "metrics_public",
-    "profiles", "quotas", "users", "groups", "env_allow",
+    "profiles", "quotas", "users", "groups", "env_allow", "kernelspec_dirs",
 }
 
 
@@ -99,9 +100,11 @@ class Quota:
     max_sandboxes: int
     memory: int
     cpus: float
+    max_kernels: int = 10
 
     def to_json(self) -> dict[str, Any]:
-        return {"max_sandboxes": self.max_sandboxes, "memory": self.memory, "cpus": self.cpus}
+        return {"max_sandboxes": self.max_sandboxes, "max_kernels": self.max_kernels,
+                "memory": self.memory, "cpus": self.cpus}
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class Config:
     group_quotas: dict[str, Quota] = field(default_factory=dict)
     user_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     user_profiles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    kernelspec_dirs: tuple[str, ...] = ()  # searched before the shipped kernelspec/ dir
     source: str = "<embedded>"
 
     @property
@@ -146,7 +150,8 @@ class Config:
         """Per-user quota, else the largest of the user's groups', else the default."""
         if user in self.user_quotas:
             return self.user_quotas[user]
-        groups = [self.group_quotas[g] for g in self.user_groups.get(user, ()) if g in self.group_quotas]
+        groups = [self.group_quotas[g] for g in self.user_groups.get(user, ())
+                  if g in self.group_quotas]
         if groups:
             return max(groups, key=lambda q: (q.memory, q.cpus, q.max_sandboxes))
         return self.default_quota
@@ -243,8 +248,11 @@ def parse_quota(raw: dict[str, Any], where: str, base: Quota | None = None) -> Q
     if max_sandboxes < 0:
         raise _bad(f"{where}.max_sandboxes", "must not be negative")
     cpus = float(_typed(merged, "cpus", where, (int, float)))
+    max_kernels = _typed(merged, "max_kernels", where, int)
+    if max_kernels < 0:
+        raise _bad(f"{where}.max_kernels", "must not be negative")
     return Quota(max_sandboxes=max_sandboxes, memory=_size(merged, "memory", where),
-                 cpus=_positive(cpus, f"{where}.cpus"))
+                 cpus=_positive(cpus, f"{where}.cpus"), max_kernels=max_kernels)
 
 
 def _user_tables(data: dict[str, Any], default_quota: Quota):
@@ -302,6 +310,10 @@ def build(data: dict[str, Any], source: str = "<embedded>") -> Config:
     if not isinstance(env_allow, list):
         raise _bad("env_allow", "expected a list of variable names")
     quotas = _user_tables(data, default_quota)
+    kernelspec_dirs = data.get("kernelspec_dirs", [])
+    if not isinstance(kernelspec_dirs, list) or not all(
+            isinstance(d, str) and os.path.isabs(d) for d in kernelspec_dirs):
+        raise _bad("kernelspec_dirs", "expected a list of absolute paths")
     return Config(
         instance=instance,
         listen=listen,
@@ -321,6 +333,7 @@ def build(data: dict[str, Any], source: str = "<embedded>") -> Config:
         group_quotas=quotas[1],
         user_groups=quotas[2],
         user_profiles=quotas[3],
+        kernelspec_dirs=tuple(kernelspec_dirs),
         source=source,
     )
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__, admission
+from . import __version__, admission, metrics
 from .config import Config, Quota, parse_quota
-from .errors import Conflict, Forbidden, InvalidRequest, NotFound, SandboxdError
+from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Refused, SandboxdError
 from .runtime.sandbox import Exit, LiveSandbox, Runtime
 from .spec import Limits, SandboxSpec
 from .state import SandboxRecord, Store, User
@@ -33,19 +34,6 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
 
 
-@dataclass
-class Pending:
-    """Starts in flight per user, counted by admission so concurrent creates cannot overshoot."""
-
-    items: dict[str, list[tuple[Limits, str]]] = field(default_factory=dict)
-
-    def add(self, user: str, limits: Limits, kind: str) -> None:
-        self.items.setdefault(user, []).append((limits, kind))
-
-    def remove(self, user: str, limits: Limits, kind: str) -> None:
-        self.items[user].remove((limits, kind))
-
-
 class Sandboxd:
     """One sandboxd instance: owns the store, the runtime and every sandbox's lifecycle."""
 
@@ -56,7 +44,6 @@ class Sandboxd:
                            config.tenant_uid_count)
         self.runtime = Runtime(instance=config.instance, run_dir=config.run_dir,
                                state_dir=config.state_dir)
-        self.pending = Pending()
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[Any]] = []
         self.exit_listeners: list[Any] = []
@@ -191,8 +178,6 @@ class Sandboxd:
         usage = admission.Usage()
         for rec in self.store.list_sandboxes(user=user, states=ACTIVE):
             usage.add(Limits.from_json(rec.spec["limits"]), rec.kind)
-        for limits, kind in self.pending.items.get(user, []):
-            usage.add(limits, kind)
         return usage
 
     def quota_model(self, actor: User, name: str) -> dict[str, Any]:
@@ -238,28 +223,34 @@ class Sandboxd:
 
     async def create(self, actor: User, body: Any, *, kind: str = "sandbox",
                      owner: User | None = None, sid: str | None = None,
-                     extra_dirs: tuple[str, ...] = ()) -> tuple[SandboxRecord, LiveSandbox]:
+                     extra_dirs: tuple[str, ...] = (),
+                     prepare: Any = None) -> tuple[SandboxRecord, LiveSandbox]:
         """Admit, record, build and start a sandbox; nothing is left behind if it fails."""
         owner = owner or self.owner_for(actor, body)
-        spec = admission.build_spec(body, owner, self.config, kind=kind, sid=sid)
-        quota, _ = self.quota_for(owner.name)
-        admission.check_quota(owner.name, quota, self.usage(owner.name), spec.limits)
-        self.pending.add(owner.name, spec.limits, kind)
         try:
-            now = time.time()
-            rec = SandboxRecord(
-                id=spec.id, name=spec.name, user=owner.name, kind=kind, state="created",
-                spec=spec.to_json(), pid=None, created=now, started=None, finished=None,
-                exit_code=None, oom_killed=False, reason="")
-            self.store.insert_sandbox(rec)
-            try:
-                live = await self.runtime.start(spec, user_limits=_user_limits(quota),
-                                                extra_dirs=extra_dirs)
-            except BaseException:
-                self.store.delete_sandbox(spec.id)
-                raise
-        finally:
-            self.pending.remove(owner.name, spec.limits, kind)
+            spec = admission.build_spec(body, owner, self.config, kind=kind, sid=sid)
+            quota, _ = self.quota_for(owner.name)
+            admission.check_quota(owner.name, quota, self.usage(owner.name), spec.limits, kind)
+        except Refused as exc:
+            metrics.admission_refused(owner.name, exc.reason)
+            raise
+        # the "created" record counts in usage() from here on; admission and the insert run
+        # with no await between them, so concurrent starts cannot overshoot a quota
+        now = time.time()
+        rec = SandboxRecord(
+            id=spec.id, name=spec.name, user=owner.name, kind=kind, state="created",
+            spec=spec.to_json(), pid=None, created=now, started=None, finished=None,
+            exit_code=None, oom_killed=False, reason="")
+        self.store.insert_sandbox(rec)
+        began = time.monotonic()
+        try:
+            live = await self.runtime.start(spec, user_limits=_user_limits(quota),
+                                            extra_dirs=extra_dirs, prepare=prepare)
+        except BaseException:
+            metrics.observe_start(kind, "failure", time.monotonic() - began)
+            self.store.delete_sandbox(spec.id)
+            raise
+        metrics.observe_start(kind, "success", time.monotonic() - began)
         rec.state, rec.pid, rec.started = "running", live.pid, live.started
         self.store.update_sandbox(spec.id, state="running", pid=live.pid, started=live.started)
         live.on_exit.append(self._on_exit)
@@ -273,6 +264,7 @@ class Sandboxd:
         self.store.update_sandbox(spec.id, state="exited", exit_code=result.code,
                                   oom_killed=result.oom_killed, reason=result.reason,
                                   finished=result.finished)
+        metrics.sandbox_exited(self, spec, result)  # before the cgroup (and its OOM count) goes
         with contextlib.suppress(SandboxdError):
             self.runtime.cgroups.remove(spec.user, spec.id)
         for listener in self.exit_listeners:
@@ -296,6 +288,34 @@ class Sandboxd:
         return self.store.list_sandboxes(
             user=None if actor.admin else actor.name, kind=kind,
             states=None if all_states else ACTIVE)
+
+    def update_limits(self, actor: User, ref: str, body: Any) -> SandboxRecord:
+        """Change cpus / memory / pids of a running sandbox, within its profile and the quota."""
+        rec = self.lookup(actor, ref)
+        if rec.id not in self.runtime.live:
+            raise Conflict(f"sandbox {rec.id} is not running", reason="not-running")
+        if not isinstance(body, dict) or not body or set(body) - {"cpus", "memory", "pids"}:
+            raise InvalidRequest("expected an object with cpus, memory and/or pids")
+        spec = SandboxSpec.from_json(rec.spec)
+        old = spec.limits
+        merged = {"cpus": old.cpus, "memory": old.memory, "pids": old.pids, "swap": old.swap,
+                  "disk": old.disk, **body}
+        new = admission.limits_for(merged, self.config.profile(spec.profile))
+        new = dataclasses.replace(old, cpus=new.cpus, memory=new.memory, pids=new.pids)
+        usage = self.usage(rec.user)
+        usage.sandboxes -= 1
+        usage.memory -= old.memory or 0
+        usage.cpus -= old.cpus or 0.0
+        quota, _ = self.quota_for(rec.user)
+        admission.check_quota(rec.user, quota, usage, new)
+        self.runtime.cgroups.update(rec.user, rec.id, new)
+        spec = dataclasses.replace(spec, limits=new)
+        self.store.update_sandbox(rec.id, spec=json.dumps(spec.to_json()))
+        live = self.runtime.live.get(rec.id)
+        if live is not None:
+            live.spec = spec
+        self.store.audit(actor.name, "update", rec.id, json.dumps(body))
+        return self.lookup(actor, rec.id)
 
     async def stop(self, actor: User, ref: str, timeout: float | None = None) -> SandboxRecord:
         rec = self.lookup(actor, ref)

@@ -29,8 +29,16 @@ SANDBOXD = os.path.join(BIN, "sandboxd")
 SANDBOXCTL = os.path.join(BIN, "sandboxctl")
 PYTHON = sys.executable
 
-INSTANCE = os.environ.get("SANDBOXD_TEST_INSTANCE") or "sbxt" + secrets.token_hex(2)
-TEST_NETNS = f"{INSTANCE}-tns"
+#: every host object of a test run starts with PREFIX; instances are PREFIX + one letter
+PREFIX = os.environ.get("SANDBOXD_TEST_PREFIX") or "sbxt" + secrets.token_hex(2)[:3]
+INSTANCE = PREFIX + "a"
+TEST_NETNS = f"{PREFIX}-tns"
+
+
+def other_instance(letter: str) -> str:
+    """A second daemon instance name (b..z) covered by the same leak check."""
+    assert len(letter) == 1 and letter != "a"
+    return PREFIX + letter
 CLONE_NEWNET = 0x40000000
 
 
@@ -105,13 +113,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     subprocess.run([SANDBOXD, "cleanup", "--instance", INSTANCE, "--purge",
                     "--state-dir", STATE_DIR], capture_output=True)
-    left = leftovers(INSTANCE)
+    for letter in "bcdefghijklmnopqrstuvwxyz":
+        if not os.path.exists(f"/run/sandboxd/{PREFIX}{letter}"):
+            continue
+        subprocess.run([SANDBOXD, "cleanup", "--instance", PREFIX + letter,
+                        "--state-dir", f"{STATE_DIR}-{letter}"], capture_output=True)
+    left = leftovers(PREFIX)
     subprocess.run(["ip", "netns", "delete", TEST_NETNS], capture_output=True)
     if left:
         sys.stderr.write("\nLEAK CHECK FAILED: left on the host:\n  " + "\n  ".join(left) + "\n")
         session.exitstatus = 1
     else:
-        sys.stderr.write(f"\nleak check: nothing left for {INSTANCE}\n")
+        sys.stderr.write(f"\nleak check: nothing left for {PREFIX}\n")
 
 
 STATE_DIR = tempfile.mkdtemp(prefix=f"{INSTANCE}-state-")

@@ -73,6 +73,10 @@ SCHEMAS: dict[str, Any] = {
         "finished": {"type": "string", "nullable": True},
         "exit_code": {"type": "integer", "nullable": True}, "oom_killed": {"type": "boolean"},
         "reason": {"type": "string"}, "labels": {"type": "object"}}},
+    "LimitsUpdate": {"type": "object", "properties": {
+        "cpus": {"type": "number", "exclusiveMinimum": 0},
+        "memory": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+        "pids": {"type": "integer", "minimum": 8}}},
     "Exit": {"type": "object", "properties": {
         "exit_code": {"type": "integer", "nullable": True}, "oom_killed": {"type": "boolean"},
         "reason": {"type": "string"}}},
@@ -118,6 +122,8 @@ PATHS: dict[str, Any] = {
     "/api/sandboxes/{ref}": {
         "parameters": REF_PARAM,
         "get": _op("Inspect a sandbox", schema=_ref("Sandbox")),
+        "patch": _op("Change cpus, memory or pids of a running sandbox", "200", "LimitsUpdate",
+                     _ref("Sandbox"), ("400", "401", "404", "409", "429")),
         "delete": _op("Remove a sandbox (force=1 to kill a running one)", "204",
                       errors=("401", "404", "409")),
     },

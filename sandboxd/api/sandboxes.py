@@ -36,6 +36,9 @@ class SandboxHandler(BaseHandler):
     def get(self, ref: str) -> None:
         self.send(self.sbx.model(self.sbx.lookup(self.current(), ref)))
 
+    def patch(self, ref: str) -> None:
+        self.send(self.sbx.model(self.sbx.update_limits(self.current(), ref, self.body())))
+
     async def delete(self, ref: str) -> None:
         force = self.get_query_argument("force", "0") in ("1", "true", "yes")
         await self.sbx.remove(self.current(), ref, force=force)
@@ -121,7 +124,8 @@ class AttachHandler(websocket.WebSocketHandler):
         if user is None:
             self.set_status(401)
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"reason": "unauthorized", "message": "a valid token is required"}))
+            self.finish(json.dumps({"reason": "unauthorized",
+                                    "message": "a valid token is required"}))
             return
         try:
             self.rec = self.sbx.lookup(user, args[0])
@@ -156,7 +160,7 @@ class AttachHandler(websocket.WebSocketHandler):
                     return
                 try:
                     await asyncio.wait_for(asyncio.shield(live.exited), ATTACH_POLL_SECONDS)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     def _drain(self) -> None:

@@ -65,6 +65,7 @@ class RootfsPlan:
     uid: int
     hostname: str
     run_binds: tuple[tuple[str, str], ...] = ()  # (host dir, container path), read-write
+    workdir: str = HOME  # made (owned by the tenant) if missing, as docker does
 
 
 def python_environments() -> tuple[str, ...]:
@@ -135,7 +136,7 @@ def host_image(images_dir: str) -> Image:
 
 
 def empty_file(run_dir: str) -> str:
-    """A read-only empty regular file the tenant's bwrap can reach, bound over masked /proc files."""
+    """An empty read-only file the tenant's bwrap can reach, bound over masked /proc files."""
     path = os.path.join(run_dir, ".empty")
     if not os.path.exists(path):
         with open(path, "w"):
@@ -156,7 +157,8 @@ def resolve_volume(text: str, allowed_roots: tuple[str, ...]) -> Volume:
     """
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise InvalidRequest(f"volume {text!r}: expected HOST:CONTAINER[:ro]", reason="bad-volume")
+        raise InvalidRequest(f"volume {text!r}: expected HOST:CONTAINER[:ro]",
+                             reason="bad-volume")
     host, ctr = parts[0], parts[1]
     mode = parts[2] if len(parts) == 3 else "rw"
     if mode not in ("ro", "rw"):
@@ -190,6 +192,7 @@ def plan(spec: SandboxSpec, image: Image, sandbox_dir: str,
         uid=spec.uid,
         hostname=spec.name,
         run_binds=tuple((os.path.join(sandbox_dir, d), f"/run/{d}") for d in extra_dirs),
+        workdir=spec.workdir,
     )
 
 
@@ -228,7 +231,9 @@ def mount_plan(p: RootfsPlan) -> None:
         target = p.root + vol.container
         os.makedirs(target, exist_ok=True)
         syscalls.mount(vol.host, target, None, syscalls.MS_BIND)
-        flags = syscalls.MS_NOSUID | syscalls.MS_NODEV | (syscalls.MS_RDONLY if vol.read_only else 0)
+        flags = syscalls.MS_NOSUID | syscalls.MS_NODEV
+        if vol.read_only:
+            flags |= syscalls.MS_RDONLY
         syscalls.mount(None, target, None, syscalls.MS_REMOUNT | syscalls.MS_BIND | flags)
     for host, ctr in p.run_binds:
         target = p.root + ctr
@@ -236,10 +241,23 @@ def mount_plan(p: RootfsPlan) -> None:
         syscalls.mount(host, target, None, syscalls.MS_BIND)
         syscalls.mount(None, target, None, syscalls.MS_REMOUNT | syscalls.MS_BIND
                        | syscalls.MS_NOSUID | syscalls.MS_NODEV)
+    _make_workdir(p.root, p.workdir, p.uid)
     with open(p.root + "/etc/hostname", "w") as fh:
         fh.write(p.hostname + "\n")
     with open(p.root + "/etc/hosts", "w") as fh:
         fh.write(f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{p.hostname}\n")
+
+
+def _make_workdir(root: str, workdir: str, uid: int) -> None:
+    """Create a missing working directory owned by the tenant; leave existing ones alone."""
+    target = root + workdir
+    if os.path.lexists(target):
+        return
+    try:
+        os.makedirs(target)
+    except OSError:
+        return  # e.g. under a read-only bind: bwrap then refuses the chdir, reported as 400
+    os.chown(target, uid, uid)
 
 
 def is_mode_ok(path: str) -> bool:

@@ -115,8 +115,13 @@ class Runtime:
 
     async def start(self, spec: SandboxSpec, *, user_limits: Limits,
                     net: netns.NetnsPlan | None = None,
-                    extra_dirs: tuple[str, ...] = ()) -> LiveSandbox:
-        """Create and start ``spec``; on any failure release what was made and raise."""
+                    extra_dirs: tuple[str, ...] = (),
+                    prepare: Callable[[str], None] | None = None) -> LiveSandbox:
+        """Create and start ``spec``; on any failure release what was made and raise.
+
+        ``prepare(directory)`` runs once the run dir and ``extra_dirs`` exist and before the
+        command starts, so files the command reads at once (a kernel's connection file) are there.
+        """
         image = self.image(spec.image)
         with contextlib.ExitStack() as undo:
             directory = self.directory(spec.id)
@@ -126,6 +131,8 @@ class Runtime:
                 path = os.path.join(directory, sub)
                 os.mkdir(path, 0o700)
                 os.chown(path, spec.uid, spec.uid)
+            if prepare is not None:
+                prepare(directory)
 
             self.cgroups.ensure_user(spec.user, user_limits)
             self.cgroups.create(spec.user, spec.id, spec.limits)
@@ -194,7 +201,7 @@ class Runtime:
         loop.add_reader(info_r, readable)
         try:
             raw = await asyncio.wait_for(done, START_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             loop.remove_reader(info_r)
             raise LaunchError("bwrap did not start in time") from None
         try:
@@ -220,6 +227,9 @@ class Runtime:
                     if "execvp" in message:
                         raise InvalidRequest(f"cannot run the command: {message[7:]}",
                                              reason="bad-command")
+                    if "chdir" in message:
+                        raise InvalidRequest(f"bad working directory: {message[7:]}",
+                                             reason="bad-workdir")
                     raise LaunchError(f"bwrap failed: {message}")
                 return
             await asyncio.sleep(0.0005)
@@ -328,7 +338,7 @@ class Runtime:
                 os.kill(pid, signal.SIGTERM)
         try:
             return await asyncio.wait_for(asyncio.shield(live.exited), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.cgroups.kill(live.spec.user, live.spec.id)
             return await asyncio.wait_for(asyncio.shield(live.exited), 10)
 

@@ -1,0 +1,244 @@
+"""Netlink (pyroute2) operations on namespaces, links, addresses and routes.
+
+A thin OS wrapper: names and addresses in, typed results out. Every NetlinkError / OSError is
+mapped to ``NetworkError`` here, so callers above never see a pyroute2 exception. The daemon's
+own network namespace is "the host"; sandbox namespaces are files under /run/netns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import NetworkError
+
+NETNS_DIR = "/run/netns"
+AF_INET = 2
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Traffic of a sandbox, seen from inside it (host end's rx is the sandbox's tx)."""
+
+    rx_bytes: int = 0
+    rx_packets: int = 0
+    rx_dropped: int = 0
+    rx_errors: int = 0
+    tx_bytes: int = 0
+    tx_packets: int = 0
+    tx_dropped: int = 0
+    tx_errors: int = 0
+
+    def to_json(self, prefix: str = "net_") -> dict[str, int]:
+        return {prefix + k: v for k, v in self.__dict__.items()}
+
+
+@contextlib.contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    try:
+        yield
+    except NetlinkError as exc:
+        raise NetworkError(f"{what}: netlink error {exc.code} ({os.strerror(exc.code)})") from exc
+    except OSError as exc:
+        raise NetworkError(f"{what}: {exc}") from exc
+
+
+def netns_path(name: str) -> str:
+    return os.path.join(NETNS_DIR, name)
+
+
+def create_netns(name: str) -> str:
+    """Make a named namespace (owned by the init user namespace) and return its path."""
+    with _mapped(f"create netns {name}"):
+        netns.create(name)
+    return netns_path(name)
+
+
+def remove_netns(name: str) -> None:
+    """Unmount and unlink a named namespace; a missing one is fine (idempotent)."""
+    path = netns_path(name)
+    if not os.path.exists(path):
+        return
+    with _mapped(f"remove netns {name}"):
+        netns.remove(name)
+
+
+def list_netns(prefix: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def link_exists(name: str) -> bool:
+    with IPRoute() as ipr, _mapped(f"look up {name}"):
+        return _index(ipr, name) is not None
+
+
+def list_links(prefix: str) -> list[str]:
+    with IPRoute() as ipr, _mapped("list links"):
+        names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
+    return sorted(n for n in names if n and n.startswith(prefix))
+
+
+def delete_link(name: str) -> None:
+    """Delete a link of the host namespace (a veth's peer goes with it); missing is fine."""
+    with IPRoute() as ipr, _mapped(f"delete link {name}"):
+        idx = _index(ipr, name)
+        if idx is None:
+            return
+        try:
+            ipr.link("del", index=idx)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise
+
+
+def ensure_bridge(name: str, gateway: str, prefixlen: int) -> None:
+    """A bridge holding the gateway address, up; re-applying it changes nothing."""
+    with IPRoute() as ipr, _mapped(f"bridge {name}"):
+        idx = _index(ipr, name)
+        if idx is None:
+            ipr.link("add", ifname=name, kind="bridge")
+            idx = _index(ipr, name)
+        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                for a in ipr.get_addr(index=idx, family=AF_INET)}
+        if (gateway, prefixlen) not in have:
+            ipr.addr("add", index=idx, address=gateway, prefixlen=prefixlen)
+        ipr.link("set", index=idx, state="up")
+
+
+def host_routes() -> list[ipaddress.IPv4Network]:
+    """Destinations of the host's IPv4 routes, in all tables, without the default route."""
+    out = []
+    with IPRoute() as ipr, _mapped("dump routes"):
+        for route in ipr.route("dump", family=AF_INET):
+            dst, plen = route.get_attr("RTA_DST"), route["dst_len"]
+            if dst and plen:
+                with contextlib.suppress(ValueError):
+                    out.append(ipaddress.ip_network(f"{dst}/{plen}", strict=False))
+    return out
+
+
+def route_devices() -> dict[ipaddress.IPv4Network, str]:
+    """Host route destination → device name (to tell our bridges' routes from others)."""
+    out: dict[ipaddress.IPv4Network, str] = {}
+    with IPRoute() as ipr, _mapped("dump routes"):
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for route in ipr.route("dump", family=AF_INET):
+            dst, plen = route.get_attr("RTA_DST"), route["dst_len"]
+            if dst and plen:
+                net = ipaddress.ip_network(f"{dst}/{plen}", strict=False)
+                out[net] = names.get(route.get_attr("RTA_OIF"), "")
+    return out
+
+
+def set_forwarding() -> None:
+    """IPv4 forwarding in the daemon's namespace (needed to route sandboxes' traffic)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_forward", "r+") as fh:
+            if fh.read().strip() != "1":
+                fh.seek(0)
+                fh.write("1")
+    except OSError as exc:
+        raise NetworkError(f"cannot enable IPv4 forwarding: {exc}") from exc
+
+
+def _configure_inside(ns_name: str, address: str, prefixlen: int, gateway: str | None) -> None:
+    with IPRoute(netns=ns_name, flags=0) as ns:
+        lo = _index(ns, "lo")
+        ns.link("set", index=lo, state="up")
+        eth = _index(ns, "eth0")
+        if eth is None:
+            raise NetworkError(f"eth0 did not arrive in {ns_name}")
+        ns.addr("add", index=eth, address=address, prefixlen=prefixlen)
+        ns.link("set", index=eth, state="up")
+        if gateway:
+            ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+
+
+def add_veth(ns_name: str, host_end: str, bridge: str, address: str, prefixlen: int,
+             gateway: str) -> str:
+    """A veth pair: ``host_end`` on ``bridge``, ``eth0`` in the sandbox netns with ``address``.
+
+    Returns the sandbox end's MAC address. On failure the pair is deleted before raising.
+    """
+    with IPRoute() as ipr, _mapped(f"veth {host_end}"):
+        ipr.link("add", ifname=host_end, kind="veth",
+                 peer={"ifname": "eth0", "net_ns_fd": ns_name})
+        try:
+            idx = _index(ipr, host_end)
+            ipr.link("set", index=idx, master=_index(ipr, bridge), state="up")
+            _configure_inside(ns_name, address, prefixlen, gateway)
+            return _mac_inside(ns_name)
+        except BaseException:
+            with contextlib.suppress(NetlinkError):
+                ipr.link("del", ifname=host_end)
+            raise
+
+
+def add_macvlan(ns_name: str, tmp_name: str, parent: str, address: str, prefixlen: int,
+                gateway: str | None) -> str:
+    """A macvlan (bridge mode) on ``parent``, moved into the sandbox netns as ``eth0``."""
+    with IPRoute() as ipr, _mapped(f"macvlan on {parent}"):
+        parent_idx = _index(ipr, parent)
+        if parent_idx is None:
+            raise NetworkError(f"macvlan parent {parent!r} does not exist")
+        ipr.link("add", ifname=tmp_name, kind="macvlan", link=parent_idx,
+                 macvlan_mode="bridge")
+        try:
+            idx = _index(ipr, tmp_name)
+            ipr.link("set", index=idx, net_ns_fd=ns_name)
+        except BaseException:
+            with contextlib.suppress(NetlinkError):
+                ipr.link("del", ifname=tmp_name)
+            raise
+    with _mapped(f"macvlan in {ns_name}"), IPRoute(netns=ns_name, flags=0) as ns:
+        idx = _index(ns, tmp_name)
+        ns.link("set", index=idx, ifname="eth0")
+    with _mapped(f"macvlan in {ns_name}"):
+        _configure_inside(ns_name, address, prefixlen, gateway)
+        return _mac_inside(ns_name)
+
+
+def _mac_inside(ns_name: str) -> str:
+    with IPRoute(netns=ns_name, flags=0) as ns:
+        link = ns.get_links(_index(ns, "eth0"))[0]
+        return str(link.get_attr("IFLA_ADDRESS"))
+
+
+def counters(host_end: str) -> Counters | None:
+    """The sandbox's traffic from the host end of its veth; None if the link is gone."""
+    try:
+        with IPRoute() as ipr:
+            idx = _index(ipr, host_end)
+            if idx is None:
+                return None
+            stats = ipr.get_links(idx)[0].get_attr("IFLA_STATS64") or {}
+    except (NetlinkError, OSError):
+        return None
+    # host end rx = what the sandbox sent; host end tx = what the sandbox received
+    return Counters(
+        rx_bytes=stats.get("tx_bytes", 0), rx_packets=stats.get("tx_packets", 0),
+        rx_dropped=stats.get("tx_dropped", 0), rx_errors=stats.get("tx_errors", 0),
+        tx_bytes=stats.get("rx_bytes", 0), tx_packets=stats.get("rx_packets", 0),
+        tx_dropped=stats.get("rx_dropped", 0), tx_errors=stats.get("rx_errors", 0),
+    )
+
+
+def host_addresses() -> list[str]:
+    """The IPv4 addresses of the daemon's namespace (for 'the host's own addresses')."""
+    with IPRoute() as ipr, _mapped("dump addresses"):
+        return sorted({a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=AF_INET)})
