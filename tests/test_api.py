@@ -212,3 +212,47 @@ def test_openapi_document(daemon: Daemon) -> None:
 def test_status(daemon: Daemon) -> None:
     status = daemon.admin.call("GET", "/api/status")
     assert status["instance"] == daemon.instance and status["cgroup_version"] in (1, 2)
+
+
+def test_device_io_limits_reach_the_cgroup(daemon: Daemon, alice: Client) -> None:
+    dev = "/dev/vda" if os.path.exists("/dev/vda") else None
+    if dev is None:
+        import stat
+
+        dev = next(f"/dev/{d}" for d in sorted(os.listdir("/dev"))
+                   if stat.S_ISBLK(os.stat(f"/dev/{d}").st_mode))
+    st = os.stat(dev)
+    majmin = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    sb = alice.run(["sleep", "30"], device_read_bps=[f"{dev}:1m"],
+                   device_write_iops=[f"{dev}:100"])
+    try:
+        assert sb["limits"]["io_read_bps"] == [{"device": majmin, "rate": 1024 * 1024}]
+        base = f"/sys/fs/cgroup/blkio/{daemon.instance}/alice/{sb['id']}"
+        if os.path.isdir(base):  # cgroup v1 host
+            with open(f"{base}/blkio.throttle.read_bps_device") as fh:
+                assert f"{majmin} {1024 * 1024}" in fh.read()
+            with open(f"{base}/blkio.throttle.write_iops_device") as fh:
+                assert f"{majmin} 100" in fh.read()
+        else:  # cgroup v2 host
+            with open(f"/sys/fs/cgroup/{daemon.instance}/alice/{sb['id']}/io.max") as fh:
+                line = fh.read()
+            assert f"rbps={1024 * 1024}" in line and "wiops=100" in line
+    finally:
+        alice.call("DELETE", f"/api/sandboxes/{sb['id']}?force=1")
+
+
+def test_exhausted_tenant_uids_are_503() -> None:
+    import subprocess
+
+    from conftest import SANDBOXD, make_daemon, other_instance, stop_daemon
+
+    d = make_daemon(other_instance("u"), config="tenant_uid_base = 890000\ntenant_uid_count = 2\n")
+    d.start()
+    try:
+        d.user("ivan")  # admin took the first uid, ivan the second
+        resp = d.admin.request("POST", "/api/users", json={"name": "judy"})
+        error(resp, 503, "uids-exhausted")
+    finally:
+        stop_daemon(d)
+        subprocess.run([SANDBOXD, "cleanup", "--instance", d.instance, "--state-dir",
+                        d.state_dir, "--purge"], capture_output=True)

@@ -319,8 +319,8 @@ def test_run_failures_exit_125(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_client_sends_the_token_header() -> None:
-    assert Client("http://x/", "abc").session.headers["Authorization"] == "token abc"
-    assert "Authorization" not in Client("http://x", None).session.headers
+    assert Client("http://x/", "abc").headers["Authorization"] == "token abc"
+    assert "Authorization" not in Client("http://x", None).headers
     assert Client("http://x/", None).url == "http://x"
 
 

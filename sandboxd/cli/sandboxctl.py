@@ -24,8 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from sandboxd.cli.client import ApiError, Client, Json
 from sandboxd.units import format_size
 
@@ -432,6 +430,13 @@ def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_top(client: Client, args: argparse.Namespace) -> int:
+    from sandboxd.cli import top
+
+    return top.run(client.stats, sort=args.sort, interval=args.interval,
+                   iterations=args.iterations, limit=args.limit)
+
+
 def cmd_stats(client: Client, args: argparse.Namespace) -> int:
     if args.ids:
         found: list[Json] = []
@@ -631,6 +636,11 @@ def _add_sandbox_commands(sub: Any) -> None:
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--no-stream", action="store_true", help="accepted; output is one-shot")
     _json_flag(p)
+    p = _command(sub, "top", cmd_top, "live view of running sandboxes, refreshed")
+    p.add_argument("-s", "--sort", choices=("cpu", "mem", "pids", "io"), default="cpu")
+    p.add_argument("-d", "--interval", type=float, default=2.0, help="seconds between screens")
+    p.add_argument("-n", "--iterations", type=int, help="stop after N screens")
+    p.add_argument("--limit", type=int, help="show at most N sandboxes")
     p = _command(sub, "logs", cmd_logs, "print a sandbox's output")
     p.add_argument("id", metavar="ID")
     p.add_argument("--tail", type=int)
@@ -709,14 +719,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(client, args)
     except (ApiError, UsageError) as exc:
         error_line(str(exc) if isinstance(exc, ApiError) else f"{exc} ({exc.reason})")
-    except requests.RequestException as exc:  # should be mapped by Client; never a traceback
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
+    except OSError as exc:  # should be mapped by Client; never a traceback
         error_line(f"request failed: {exc} (request-failed)")
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        _silence_stdout()
-        return 1
     return _failure_code(args)
 
 
