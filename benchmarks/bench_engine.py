@@ -17,9 +17,28 @@ import subprocess
 import requests
 from harness import SANDBOXCTL, daemon, report, timed
 
-BWRAP = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
-         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-         "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "/bin/true"]
+BWRAP = [
+    "bwrap",
+    "--unshare-all",
+    "--die-with-parent",
+    "--ro-bind",
+    "/usr",
+    "/usr",
+    "--symlink",
+    "usr/lib",
+    "/lib",
+    "--symlink",
+    "usr/lib64",
+    "/lib64",
+    "--symlink",
+    "usr/bin",
+    "/bin",
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+    "/bin/true",
+]
 RUNS = 20
 CONFIG = """
 [quotas.default]
@@ -60,15 +79,21 @@ def main() -> None:
         samples = timed(create, RUNS)
         report("POST /api/sandboxes → running (client side)", samples, baseline)
         for sid in created:
-            requests.delete(f"{d.url}/api/sandboxes/{sid}?force=1",
-                            headers={"Authorization": f"token {d.token}"}, timeout=60)
+            requests.delete(
+                f"{d.url}/api/sandboxes/{sid}?force=1",
+                headers={"Authorization": f"token {d.token}"},
+                timeout=60,
+            )
         with open(d.state + ".log") as fh:
-            server = [float(m) for m in re.findall(r"201 POST /api/sandboxes .*?([\d.]+)ms",
-                                                   fh.read())]
+            server = [
+                float(m) for m in re.findall(r"201 POST /api/sandboxes .*?([\d.]+)ms", fh.read())
+            ]
         if server:
             server = server[-RUNS:]
-            print(f"{'daemon-side create+start (access log)':<48} median "
-                  f"{statistics.median(server):8.2f} ms  (n={len(server)})")
+            print(
+                f"{'daemon-side create+start (access log)':<48} median "
+                f"{statistics.median(server):8.2f} ms  (n={len(server)})"
+            )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ class BenchDaemon:
         return {**os.environ, "SANDBOXD_URL": self.url, "SANDBOXD_TOKEN": self.token}
 
     def post(self, path: str, body: dict) -> requests.Response:
-        return requests.post(self.url + path, json=body,
-                             headers={"Authorization": f"token {self.token}"}, timeout=60)
+        return requests.post(
+            self.url + path, json=body, headers={"Authorization": f"token {self.token}"}, timeout=60
+        )
 
 
 @contextlib.contextmanager
@@ -65,9 +66,22 @@ def daemon(config: str = "") -> Iterator[BenchDaemon]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(state + ".log", "w")
-    proc = subprocess.Popen([SANDBOXD, "serve", "--config", cfg, "--instance", instance,
-                             "--listen", f"127.0.0.1:{port}", "--state-dir", state + "/s"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            SANDBOXD,
+            "serve",
+            "--config",
+            cfg,
+            "--instance",
+            instance,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--state-dir",
+            state + "/s",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(400):
@@ -84,8 +98,10 @@ def daemon(config: str = "") -> Iterator[BenchDaemon]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        subprocess.run([SANDBOXD, "cleanup", "--instance", instance, "--state-dir",
-                        state + "/s", "--purge"], capture_output=True)
+        subprocess.run(
+            [SANDBOXD, "cleanup", "--instance", instance, "--state-dir", state + "/s", "--purge"],
+            capture_output=True,
+        )
         subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
         log.close()
         shutil.rmtree(state, ignore_errors=True)

@@ -31,33 +31,37 @@ def test_bad_token_is_401(daemon: Daemon) -> None:
 
 
 def test_malformed_json_is_400(alice: Client) -> None:
-    resp = alice.request("POST", "/api/sandboxes", data=b"{not json",
-                         headers={"Content-Type": "application/json"})
+    resp = alice.request(
+        "POST", "/api/sandboxes", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     error(resp, 400, "malformed-json")
 
 
-@pytest.mark.parametrize("body, reason", [
-    ({}, None),
-    ({"command": "ls"}, None),
-    ({"command": []}, None),
-    ({"command": ["true"], "memory": "-5m"}, None),
-    ({"command": ["true"], "memory": "lots"}, None),
-    ({"command": ["true"], "memory": "999999999t"}, None),
-    ({"command": ["true"], "cpus": -1}, None),
-    ({"command": ["true"], "cpus": "fast"}, None),
-    ({"command": ["true"], "pids": 0}, None),
-    ({"command": ["true"], "disk": "1k"}, None),
-    ({"command": ["true"], "name": "../etc"}, None),
-    ({"command": ["true"], "env": {"A B": "x"}}, None),
-    ({"command": ["true"], "bogus": 1}, None),
-    ({"command": ["true"], "volumes": ["/etc:/etc"]}, "volume-denied"),
-    ({"command": ["true"], "volumes": [f"{VOLUME_ROOT}/../../etc:/x"]}, "volume-denied"),
-    ({"command": ["true"], "volumes": ["relative:/x"]}, "bad-volume"),
-    ({"command": ["true"], "device_read_bps": ["/etc/passwd:1m"]}, None),
-    ({"command": ["no-such-binary-here"]}, "bad-command"),
-    ({"command": ["true"], "workdir": "/usr/no/such/dir"}, "bad-workdir"),
-    ({"command": ["true"], "workdir": "../x"}, None),
-])
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        ({}, None),
+        ({"command": "ls"}, None),
+        ({"command": []}, None),
+        ({"command": ["true"], "memory": "-5m"}, None),
+        ({"command": ["true"], "memory": "lots"}, None),
+        ({"command": ["true"], "memory": "999999999t"}, None),
+        ({"command": ["true"], "cpus": -1}, None),
+        ({"command": ["true"], "cpus": "fast"}, None),
+        ({"command": ["true"], "pids": 0}, None),
+        ({"command": ["true"], "disk": "1k"}, None),
+        ({"command": ["true"], "name": "../etc"}, None),
+        ({"command": ["true"], "env": {"A B": "x"}}, None),
+        ({"command": ["true"], "bogus": 1}, None),
+        ({"command": ["true"], "volumes": ["/etc:/etc"]}, "volume-denied"),
+        ({"command": ["true"], "volumes": [f"{VOLUME_ROOT}/../../etc:/x"]}, "volume-denied"),
+        ({"command": ["true"], "volumes": ["relative:/x"]}, "bad-volume"),
+        ({"command": ["true"], "device_read_bps": ["/etc/passwd:1m"]}, None),
+        ({"command": ["no-such-binary-here"]}, "bad-command"),
+        ({"command": ["true"], "workdir": "/usr/no/such/dir"}, "bad-workdir"),
+        ({"command": ["true"], "workdir": "../x"}, None),
+    ],
+)
 def test_bad_create_requests_are_400(alice: Client, body: dict, reason: str | None) -> None:
     before = alice.call("GET", "/api/sandboxes?all=1")
     error(alice.request("POST", "/api/sandboxes", json=body), 400, reason)
@@ -68,8 +72,9 @@ def test_symlink_out_of_volume_root_is_refused(alice: Client) -> None:
     link = os.path.join(VOLUME_ROOT, "escape")
     if not os.path.islink(link):
         os.symlink("/etc", link)
-    resp = alice.request("POST", "/api/sandboxes",
-                         json={"command": ["true"], "volumes": [f"{link}:/x"]})
+    resp = alice.request(
+        "POST", "/api/sandboxes", json={"command": ["true"], "volumes": [f"{link}:/x"]}
+    )
     error(resp, 400, "volume-denied")
 
 
@@ -91,9 +96,15 @@ def test_host_network_is_403_for_a_user_profile(alice: Client) -> None:
 def test_other_users_sandbox_is_404(alice: Client, bob: Client) -> None:
     sb = alice.run(["sleep", "60"])
     try:
-        for method, path in [("GET", ""), ("DELETE", "?force=1"), ("POST", "/stop"),
-                             ("POST", "/wait"), ("GET", "/logs"), ("GET", "/stats"),
-                             ("PATCH", "")]:
+        for method, path in [
+            ("GET", ""),
+            ("DELETE", "?force=1"),
+            ("POST", "/stop"),
+            ("POST", "/wait"),
+            ("GET", "/logs"),
+            ("GET", "/stats"),
+            ("PATCH", ""),
+        ]:
             kw = {"json": {"memory": "64m"}} if method == "PATCH" else {}
             error(bob.request(method, f"/api/sandboxes/{sb['id']}{path}", **kw), 404)
         assert sb["id"] not in [s["id"] for s in bob.call("GET", "/api/sandboxes?all=1")]
@@ -110,8 +121,9 @@ def test_admin_sees_all_and_user_cannot_admin(daemon: Daemon, alice: Client) -> 
         error(alice.request("GET", "/api/users"), 403, "not-admin")
         error(alice.request("POST", "/api/users", json={"name": "mallory"}), 403)
         error(alice.request("PUT", "/api/users/alice/quota", json={"memory": "1t"}), 403)
-        error(alice.request("POST", "/api/sandboxes", json={"command": ["true"], "user": "bob"}),
-              403)
+        error(
+            alice.request("POST", "/api/sandboxes", json={"command": ["true"], "user": "bob"}), 403
+        )
     finally:
         alice.call("DELETE", f"/api/sandboxes/{sb['id']}?force=1")
 
@@ -119,8 +131,11 @@ def test_admin_sees_all_and_user_cannot_admin(daemon: Daemon, alice: Client) -> 
 def test_name_conflict_is_409_and_running_remove_is_409(alice: Client) -> None:
     sb = alice.run(["sleep", "60"], name="twice")
     try:
-        error(alice.request("POST", "/api/sandboxes", json={"command": ["true"], "name": "twice"}),
-              409, "name-taken")
+        error(
+            alice.request("POST", "/api/sandboxes", json={"command": ["true"], "name": "twice"}),
+            409,
+            "name-taken",
+        )
         error(alice.request("DELETE", f"/api/sandboxes/{sb['id']}"), 409, "running")
     finally:
         alice.call("DELETE", f"/api/sandboxes/{sb['id']}?force=1")
@@ -137,15 +152,16 @@ def test_duplicate_user_is_409(daemon: Daemon) -> None:
     error(daemon.admin.request("POST", "/api/users", json={"name": "Bad Name"}), 400)
 
 
-
-
 def test_ten_concurrent_creates(daemon: Daemon) -> None:
     frank = daemon.user("frank")
     daemon.admin.call("PUT", "/api/users/frank/quota", json={"max_sandboxes": 8})
 
     def create(i: int) -> requests.Response:
-        return frank.request("POST", "/api/sandboxes",
-                             json={"command": ["sleep", "30"], "memory": "64m", "name": f"c{i}"})
+        return frank.request(
+            "POST",
+            "/api/sandboxes",
+            json={"command": ["sleep", "30"], "memory": "64m", "name": f"c{i}"},
+        )
 
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         responses = list(pool.map(create, range(10)))
@@ -164,8 +180,13 @@ def test_ten_concurrent_creates(daemon: Daemon) -> None:
 
 
 def test_stop_wait_logs_and_exit_code(alice: Client) -> None:
-    sb = alice.run(["/bin/sh", "-c", "echo out; echo err >&2; trap 'exit 7' TERM; "
-                    "while true; do sleep 0.1; done"])
+    sb = alice.run(
+        [
+            "/bin/sh",
+            "-c",
+            "echo out; echo err >&2; trap 'exit 7' TERM; while true; do sleep 0.1; done",
+        ]
+    )
     try:
         stopped = alice.call("POST", f"/api/sandboxes/{sb['id']}/stop", json={"timeout": 5})
         assert stopped["state"] == "exited" and stopped["exit_code"] == 7
@@ -191,8 +212,9 @@ def test_auto_remove(alice: Client) -> None:
 
 
 def test_log_is_size_capped(daemon: Daemon, alice: Client) -> None:
-    sb = alice.run(["/bin/sh", "-c", "yes 0123456789012345678901234567890123456789 | head -c 2000000;"
-                    " sleep 3"])
+    sb = alice.run(
+        ["/bin/sh", "-c", "yes 0123456789012345678901234567890123 | head -c 2000000; sleep 3"]
+    )
     try:
         alice.wait(sb["id"])
         size = os.path.getsize(os.path.join(daemon.run_dir, sb["id"], "stdout.log"))
@@ -204,8 +226,13 @@ def test_log_is_size_capped(daemon: Daemon, alice: Client) -> None:
 def test_openapi_document(daemon: Daemon) -> None:
     doc = requests.get(daemon.url + "/api/openapi.json").json()
     assert doc["openapi"].startswith("3.")
-    for path in ("/api/sandboxes", "/api/sandboxes/{ref}", "/api/users/{name}/quota",
-                 "/api/status", "/api/sandboxes/{ref}/stats"):
+    for path in (
+        "/api/sandboxes",
+        "/api/sandboxes/{ref}",
+        "/api/users/{name}/quota",
+        "/api/status",
+        "/api/sandboxes/{ref}/stats",
+    ):
         assert path in doc["paths"]
 
 
@@ -219,12 +246,14 @@ def test_device_io_limits_reach_the_cgroup(daemon: Daemon, alice: Client) -> Non
     if dev is None:
         import stat
 
-        dev = next(f"/dev/{d}" for d in sorted(os.listdir("/dev"))
-                   if stat.S_ISBLK(os.stat(f"/dev/{d}").st_mode))
+        dev = next(
+            f"/dev/{d}"
+            for d in sorted(os.listdir("/dev"))
+            if stat.S_ISBLK(os.stat(f"/dev/{d}").st_mode)
+        )
     st = os.stat(dev)
     majmin = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-    sb = alice.run(["sleep", "30"], device_read_bps=[f"{dev}:1m"],
-                   device_write_iops=[f"{dev}:100"])
+    sb = alice.run(["sleep", "30"], device_read_bps=[f"{dev}:1m"], device_write_iops=[f"{dev}:100"])
     try:
         assert sb["limits"]["io_read_bps"] == [{"device": majmin, "rate": 1024 * 1024}]
         base = f"/sys/fs/cgroup/blkio/{daemon.instance}/alice/{sb['id']}"
@@ -254,5 +283,7 @@ def test_exhausted_tenant_uids_are_503() -> None:
         error(resp, 503, "uids-exhausted")
     finally:
         stop_daemon(d)
-        subprocess.run([SANDBOXD, "cleanup", "--instance", d.instance, "--state-dir",
-                        d.state_dir, "--purge"], capture_output=True)
+        subprocess.run(
+            [SANDBOXD, "cleanup", "--instance", d.instance, "--state-dir", d.state_dir, "--purge"],
+            capture_output=True,
+        )

@@ -10,10 +10,21 @@ from conftest import PYTHON, SANDBOXCTL, Daemon
 HOG = "b = bytearray(256 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1"
 
 
-def ctl(daemon: Daemon, *args: str, token: str | None = None, stdin: str | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SANDBOXCTL, *args], env=daemon.env(token), capture_output=True,
-                          text=True, input=stdin, timeout=timeout)
+def ctl(
+    daemon: Daemon,
+    *args: str,
+    token: str | None = None,
+    stdin: str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SANDBOXCTL, *args],
+        env=daemon.env(token),
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=timeout,
+    )
 
 
 def test_run_streams_output_and_propagates_exit_code(daemon: Daemon) -> None:
@@ -49,8 +60,23 @@ def test_run_interactive_stdin(daemon: Daemon) -> None:
 
 
 def test_detached_ps_inspect_stats_logs_stop_rm(daemon: Daemon) -> None:
-    r = ctl(daemon, "run", "-d", "--name", "cli-detached", "--memory", "96m", "--cpus", "0.5",
-            "--pids", "40", "--", "/bin/sh", "-c", "echo started; sleep 120")
+    r = ctl(
+        daemon,
+        "run",
+        "-d",
+        "--name",
+        "cli-detached",
+        "--memory",
+        "96m",
+        "--cpus",
+        "0.5",
+        "--pids",
+        "40",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo started; sleep 120",
+    )
     assert r.returncode == 0, r.stderr
     sid = r.stdout.strip()
     try:
@@ -94,7 +120,10 @@ def test_user_add_and_isolation_through_cli(daemon: Daemon) -> None:
 
 def test_quota_get_set(daemon: Daemon) -> None:
     daemon.user("hank")
-    assert ctl(daemon, "quota", "set", "hank", "--memory", "2g", "--max-sandboxes", "3").returncode == 0
+    assert (
+        ctl(daemon, "quota", "set", "hank", "--memory", "2g", "--max-sandboxes", "3").returncode
+        == 0
+    )
     got = json.loads(ctl(daemon, "quota", "get", "hank", "--json").stdout)
     assert got["quota"]["memory"] == 2 * 1024**3 and got["quota"]["max_sandboxes"] == 3
     assert ctl(daemon, "quota", "reset", "hank").returncode == 0

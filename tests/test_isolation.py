@@ -14,11 +14,36 @@ from conftest import PYTHON, ROOT, VOLUME_ROOT, Client, Daemon
 from helpers import host_pids, probe_path, sh, status_field
 
 MUST_DENY = [
-    "mount", "umount2", "pivot_root", "unshare", "setns", "kexec_load", "kexec_file_load",
-    "init_module", "finit_module", "delete_module", "bpf", "perf_event_open", "keyctl",
-    "add_key", "request_key", "io_uring_setup", "io_uring_enter", "io_uring_register",
-    "userfaultfd", "reboot", "swapon", "swapoff", "settimeofday", "clock_settime", "acct",
-    "quotactl", "open_by_handle_at", "socket:alg", "socket:vsock", "clone:newuser",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "unshare",
+    "setns",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "bpf",
+    "perf_event_open",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "userfaultfd",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "settimeofday",
+    "clock_settime",
+    "acct",
+    "quotactl",
+    "open_by_handle_at",
+    "socket:alg",
+    "socket:vsock",
+    "clone:newuser",
 ]
 
 
@@ -75,7 +100,9 @@ def test_sandbox_host_process_is_also_without_caps(sleeper: dict) -> None:
 
 
 def test_pid1_is_its_own_init_and_no_host_process_is_visible(alice: Client) -> None:
-    code, out, _ = sh(alice, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -E '^[0-9]+$'")
+    code, out, _ = sh(
+        alice, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -E '^[0-9]+$'"
+    )
     lines = out.strip().splitlines()
     assert "bwrap" in lines[0]  # bwrap's reaper is PID 1 of the sandbox
     pids = sorted(int(p) for p in lines[1:])
@@ -101,7 +128,8 @@ def probe_volume() -> str:
 def test_denied_syscalls_fail_inside(alice: Client, probe_volume: str) -> None:
     names = [*MUST_DENY, "clone3", "getpid", "fork", "socket:inet"]
     result, out, err = alice.run_to_end(
-        [PYTHON, "/probe/syscall_probe.py", *names], volumes=[f"{probe_volume}:/probe:ro"])
+        [PYTHON, "/probe/syscall_probe.py", *names], volumes=[f"{probe_volume}:/probe:ro"]
+    )
     assert result["exit_code"] == 0, err
     seen = dict(line.split() for line in out.strip().splitlines())
     for name in MUST_DENY:
@@ -131,7 +159,9 @@ def test_proc_masked_and_read_only(alice: Client) -> None:
 
 
 def test_sys_is_not_writable(alice: Client) -> None:
-    code, out, _ = sh(alice, "ls -A /sys | wc -l; touch /sys/x 2>/dev/null && echo WROTE || echo no")
+    code, out, _ = sh(
+        alice, "ls -A /sys | wc -l; touch /sys/x 2>/dev/null && echo WROTE || echo no"
+    )
     assert out.split() == ["0", "no"]
 
 
@@ -159,7 +189,9 @@ def test_host_secrets_and_checkout_are_not_reachable(daemon: Daemon, alice: Clie
 
 
 def test_python_environment_is_read_only(alice: Client) -> None:
-    code, out, _ = sh(alice, f"touch {os.path.dirname(PYTHON)}/x 2>&1; touch /usr/x 2>&1; echo done")
+    code, out, _ = sh(
+        alice, f"touch {os.path.dirname(PYTHON)}/x 2>&1; touch /usr/x 2>&1; echo done"
+    )
     assert "Read-only file system" in out and out.count("Read-only") == 2
 
 
@@ -208,8 +240,11 @@ def test_volume_read_only_and_read_write(alice: Client) -> None:
     os.makedirs(rw, exist_ok=True)
     uid = alice.call("GET", "/api/whoami")["uid"]
     os.chown(rw, uid, uid)
-    code, out, _ = sh(alice, "echo hello > /data/f && cat /data/f; ( echo x > /ro/g ) 2>&1",
-                      volumes=[f"{rw}:/data", f"{rw}:/ro:ro"])
+    code, out, _ = sh(
+        alice,
+        "echo hello > /data/f && cat /data/f; ( echo x > /ro/g ) 2>&1",
+        volumes=[f"{rw}:/data", f"{rw}:/ro:ro"],
+    )
     assert out.splitlines()[0] == "hello"
     assert "Read-only" in out
     with open(os.path.join(rw, "f")) as fh:

@@ -7,7 +7,9 @@ import time
 from conftest import PYTHON, Client, Daemon
 from helpers import sh
 
-HOG = "b = bytearray(512 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('survived')"
+HOG = (
+    "b = bytearray(512 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('survived')"
+)
 
 
 def test_memory_hog_is_oom_killed_and_sibling_survives(alice: Client) -> None:
@@ -59,8 +61,9 @@ def test_cpu_half_a_core(alice: Client) -> None:
 
 
 def test_disk_cap_gives_enospc(alice: Client) -> None:
-    code, out, err = sh(alice, "dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>&1; echo rc=$?",
-                        disk="16m")
+    code, out, err = sh(
+        alice, "dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>&1; echo rc=$?", disk="16m"
+    )
     assert "No space left on device" in out, out
     assert "rc=1" in out
 
@@ -70,8 +73,7 @@ def test_user_memory_quota_rejects_with_429(daemon: Daemon) -> None:
     daemon.admin.call("PUT", "/api/users/carol/quota", json={"memory": "1g"})
     first = carol.run(["sleep", "60"], memory="768m")
     try:
-        resp = carol.request("POST", "/api/sandboxes",
-                             json={"command": ["true"], "memory": "512m"})
+        resp = carol.request("POST", "/api/sandboxes", json={"command": ["true"], "memory": "512m"})
         assert resp.status_code == 429
         body = resp.json()
         assert body["reason"] == "memory-quota" and "memory quota" in body["message"]
@@ -99,8 +101,9 @@ def test_max_sandboxes_quota(daemon: Daemon) -> None:
 def test_limits_of_a_running_sandbox_change(alice: Client) -> None:
     sb = alice.run(["sleep", "60"], memory="64m", pids=32)
     try:
-        updated = alice.call("PATCH", f"/api/sandboxes/{sb['id']}",
-                             json={"memory": "128m", "pids": 48})
+        updated = alice.call(
+            "PATCH", f"/api/sandboxes/{sb['id']}", json={"memory": "128m", "pids": 48}
+        )
         assert updated["limits"]["memory"] == 128 * 1024 * 1024
         stats = alice.call("GET", f"/api/sandboxes/{sb['id']}/stats")
         assert stats["memory_limit"] == 128 * 1024 * 1024 and stats["pids_limit"] == 48
@@ -111,10 +114,18 @@ def test_limits_of_a_running_sandbox_change(alice: Client) -> None:
 
 
 def test_stats_report_io_and_memory(alice: Client) -> None:
-    sb = alice.run([PYTHON, "-c", (
-        "import time\nb = bytearray(40 * 1024 * 1024)\n"
-        "for i in range(0, len(b), 4096): b[i] = 1\n"
-        "print('ready', flush=True)\ntime.sleep(60)")], memory="256m")
+    sb = alice.run(
+        [
+            PYTHON,
+            "-c",
+            (
+                "import time\nb = bytearray(40 * 1024 * 1024)\n"
+                "for i in range(0, len(b), 4096): b[i] = 1\n"
+                "print('ready', flush=True)\ntime.sleep(60)"
+            ),
+        ],
+        memory="256m",
+    )
     try:
         from helpers import wait_until
 

@@ -18,8 +18,10 @@ def restartable() -> Daemon:
     d.start()
     yield d
     stop_daemon(d)
-    subprocess.run([SANDBOXD, "cleanup", "--instance", d.instance, "--state-dir", d.state_dir,
-                    "--purge"], capture_output=True)
+    subprocess.run(
+        [SANDBOXD, "cleanup", "--instance", d.instance, "--state-dir", d.state_dir, "--purge"],
+        capture_output=True,
+    )
 
 
 def test_sigkill_restart_readopts_and_records_exit(restartable: Daemon) -> None:
@@ -44,7 +46,9 @@ def test_exit_while_daemon_is_down_is_recorded(restartable: Daemon) -> None:
     restartable.start()
     model = alice.call("GET", f"/api/sandboxes/{sb['id']}")
     assert model["state"] == "exited" and model["exit_code"] == 5
-    cgroups = [p for p in os.popen(f"find /sys/fs/cgroup -maxdepth 4 -name {sb['id']}").read().split()]
+    cgroups = [
+        p for p in os.popen(f"find /sys/fs/cgroup -maxdepth 4 -name {sb['id']}").read().split()
+    ]
     assert cgroups == []
     alice.call("DELETE", f"/api/sandboxes/{sb['id']}")
 
