@@ -259,23 +259,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def daemon() -> Iterator[Daemon]:
-    config_path = os.path.join(STATE_DIR, "..", f"{INSTANCE}.toml")
+def make_daemon(instance: str, config: str = CONFIG, state_dir: str | None = None) -> Daemon:
+    """A Daemon (not started) with its own instance name, state dir, port and config."""
+    state_dir = state_dir or (STATE_DIR if instance == INSTANCE
+                              else f"{STATE_DIR}-{instance[len(PREFIX):]}")
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    config_path = f"{state_dir}.toml"
     with open(config_path, "w") as fh:
-        fh.write(CONFIG)
+        fh.write(config)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    d = Daemon(url=url, instance=INSTANCE, state_dir=STATE_DIR,
-               run_dir=f"/run/sandboxd/{INSTANCE}", config_path=config_path,
-               admin=Client(url, None), port=port, log_path=STATE_DIR + ".log")
-    d.start()
-    yield d
+    return Daemon(url=url, instance=instance, state_dir=state_dir,
+                  run_dir=f"/run/sandboxd/{instance}", config_path=config_path,
+                  admin=Client(url, None), port=port, log_path=state_dir + ".log")
+
+
+def stop_daemon(d: Daemon) -> None:
     if d.proc and d.proc.poll() is None:
         d.proc.terminate()
         d.proc.wait(timeout=30)
     for c in d.users.values():
         c.session.close()
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator[Daemon]:
+    d = make_daemon(INSTANCE)
+    d.start()
+    yield d
+    stop_daemon(d)
     shutil.rmtree(VOLUME_ROOT, ignore_errors=True)
 
 
