@@ -4,7 +4,7 @@
 VENV     := .venv
 PY       := $(VENV)/bin/python
 PYTHON   ?= python3
-APT_PKGS := bubblewrap nftables iproute2 libseccomp2 util-linux procps
+APT_PKGS := bubblewrap nftables iproute2 libseccomp2 util-linux procps prometheus
 STAMP    := $(VENV)/.installed
 
 .PHONY: install apt run test lint bench

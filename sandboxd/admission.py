@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import Config, Profile, Quota
 from .errors import Forbidden, InvalidRequest, QuotaExceeded
+from .network import settings as network_settings
 from .runtime.rootfs import HOME, resolve_volume
 from .spec import DeviceRate, Limits, SandboxSpec
 from .state import User
@@ -26,7 +27,7 @@ ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KNOWN_FIELDS = {
     "name", "command", "profile", "cpus", "memory", "swap", "pids", "disk", "device_read_bps",
     "device_write_bps", "device_read_iops", "device_write_iops", "volumes", "env", "workdir",
-    "stdin", "auto_remove", "user", "network", "labels", "kind", "image",
+    "stdin", "auto_remove", "user", "network", "labels", "kind", "image", "ports",
 }
 MAX_COMMAND_BYTES = 128 * 1024
 
@@ -211,9 +212,7 @@ def build_spec(body: Any, owner: User, config: Config, *, kind: str = "sandbox",
     network = _str(body, "network", profile.network)
     if network == "host" and not profile.allow_host_network:
         raise Forbidden("network host is not allowed by this profile", reason="host-network")
-    if network not in ("none", "host"):
-        raise InvalidRequest(f"network: {network!r} is not available (none, host)",
-                             reason="bad-network")
+    ports = network_settings.check_mode(network, body.get("ports", []))
     volumes = body.get("volumes", [])
     if not isinstance(volumes, list) or not all(isinstance(v, str) for v in volumes):
         raise InvalidRequest("volumes: expected a list of HOST:CONTAINER[:ro]")
@@ -235,4 +234,5 @@ def build_spec(body: Any, owner: User, config: Config, *, kind: str = "sandbox",
         network=network, stdin=body.get("stdin", False),
         auto_remove=body.get("auto_remove", False), seccomp_profile=profile.seccomp_profile,
         lifetime=profile.lifetime or None, labels=tuple(sorted(labels.items())),
+        ports=ports,
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidRequest
+from .network.settings import Egress, NetworkConfig, parse_egress, parse_network
 from .units import parse_size
 
 DEFAULT_TOML = """
@@ -26,8 +27,8 @@ tenant_uid_count = 100000
 log_max_bytes = 1048576   # per stream, per sandbox
 stop_grace_seconds = 10
 volume_roots = []         # host directories under which users may bind volumes
-metrics_token = ""        # if set, /metrics needs this token (or any valid token)
-metrics_public = true     # /metrics without a token
+metrics_token = ""        # if set, /metrics needs this read-only token (or an admin token)
+metrics_public = true     # /metrics without a token (false: admin token, unless metrics_token)
 
 [profiles.default]
 cpus = 1.0
@@ -47,6 +48,20 @@ max_pids = 4096
 max_disk = "20g"
 allow_host_network = false
 seccomp_profile = ""      # path of a Docker-format JSON profile; "" = built-in
+egress = "nat"            # nat | none | allow (only egress_allow)
+egress_allow = []         # "CIDR[:PORT[/tcp|/udp]]" reachable under egress = "allow"
+egress_allow_private = [] # CIDRs of 10/8, 172.16/12, 192.168/16, 100.64/10, 169.254/16 let through
+
+[network]
+pool = "10.213.0.0/16"    # user networks' subnets are cut from it; must not overlap host routes
+subnet_prefix = 24
+resolvers = []            # nameservers written to the sandbox's resolv.conf; [] = the host's
+host_ports = []           # host ports sandboxes may reach, e.g. ["tcp/8890"]
+max_networks = 5          # per user, the default network included
+macvlan_parent = ""       # a host link; "" = no macvlan mode
+macvlan_subnet = ""       # the LAN's subnet, e.g. "192.168.50.0/24"
+macvlan_range = ""        # addresses handed out, e.g. "192.168.50.128/25" ("" = the subnet)
+macvlan_gateway = ""
 
 [quotas.default]
 max_sandboxes = 20
@@ -59,12 +74,13 @@ _PROFILE_KEYS = {
     "cpus", "memory", "swap", "pids", "disk", "image", "network", "lifetime", "idle_timeout",
     "cull_busy", "cull_connected", "max_cpus", "max_memory", "max_pids", "max_disk",
     "allow_host_network", "seccomp_profile", "description",
+    "egress", "egress_allow", "egress_allow_private",
 }
 _QUOTA_KEYS = {"max_sandboxes", "max_kernels", "memory", "cpus"}
 _TOP_KEYS = {
     "instance", "listen", "state_dir", "run_dir", "tenant_uid_base", "tenant_uid_count",
     "log_max_bytes", "stop_grace_seconds", "volume_roots", "metrics_token", "metrics_public",
-    "profiles", "quotas", "users", "groups", "env_allow", "kernelspec_dirs",
+    "profiles", "quotas", "users", "groups", "env_allow", "kernelspec_dirs", "network",
 }
 
 
@@ -91,6 +107,7 @@ class Profile:
     allow_host_network: bool
     seccomp_profile: str | None
     description: str = ""
+    egress: Egress = field(default_factory=Egress)
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,7 @@ class Config:
     user_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     user_profiles: dict[str, tuple[str, ...]] = field(default_factory=dict)
     kernelspec_dirs: tuple[str, ...] = ()  # searched before the shipped kernelspec/ dir
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     source: str = "<embedded>"
 
     @property
@@ -230,6 +248,7 @@ def _profile(name: str, raw: dict[str, Any], base: dict[str, Any]) -> Profile:
         max_cpus=max_cpus, max_memory=max_memory, max_pids=max_pids, max_disk=max_disk,
         allow_host_network=_typed(table, "allow_host_network", where, bool),
         seccomp_profile=seccomp or None, description=str(table.get("description", "")),
+        egress=parse_egress(table, where),
     )
 
 
@@ -334,6 +353,7 @@ def build(data: dict[str, Any], source: str = "<embedded>") -> Config:
         user_groups=quotas[2],
         user_profiles=quotas[3],
         kernelspec_dirs=tuple(kernelspec_dirs),
+        network=parse_network(data.get("network", {})),
         source=source,
     )
 

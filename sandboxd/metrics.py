@@ -64,7 +64,7 @@ START_OUTCOMES = ("success", "failure")
 EXIT_OUTCOMES = ("success", "error", "oom_killed")
 KERNEL_EVENTS = ("start", "stop", "cull", "failure")
 #: Refusal reasons raised by admission (``QuotaExceeded``/``Forbidden``), pre-created per user.
-REFUSAL_REASONS = ("max-sandboxes", "memory-quota", "cpu-quota", "profile-limit",
+REFUSAL_REASONS = ("max-sandboxes", "max-kernels", "memory-quota", "cpu-quota", "profile-limit",
                    "profile-denied", "host-network")
 #: 10 ms .. 60 s: a cold bwrap start is ~20 ms, a kernel with imports a few seconds.
 START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
@@ -217,6 +217,11 @@ NETWORK_FAMILIES: tuple[tuple[str, str, str], ...] = (
 INFO_LABELS = ("sandbox", "name", "user", "kind", "profile", "image", "kernel_name")
 
 
+def _network_key(key: str) -> str:
+    """``net_rx_bytes`` (the veth reader's spelling) → ``network_rx_bytes``."""
+    return "network_" + key[4:] if key.startswith("net_") else key
+
+
 def _family(name: str, doc: str, labels: list[str], counter: bool) -> Metric:
     if counter:
         return CounterMetricFamily(f"sandboxd_{name}", doc, labels=labels)
@@ -236,8 +241,9 @@ class DaemonCollector:
         sbx = self.sbx
         records = [r for r in sbx.store.list_sandboxes(states=("running",))
                    if r.id in sbx.runtime.live]
-        yield from self._sandboxes(records)
-        yield from self._users(records)
+        stats = {r.id: self.sbx.raw_stats(r) for r in records}
+        yield from self._sandboxes(records, stats)
+        yield from self._users(records, stats)
         build = GaugeMetricFamily(
             "sandboxd_build_info", "Build and host facts of this daemon; always 1.",
             labels=["version", "python_version", "instance", "cgroup_version"])
@@ -247,7 +253,7 @@ class DaemonCollector:
         yield GaugeMetricFamily("sandboxd_start_time_seconds", "When the daemon started.",
                                 value=sbx.started_at)
 
-    def _sandboxes(self, records: list[Any]) -> Iterator[Metric]:
+    def _sandboxes(self, records: list[Any], all_stats: dict[str, Any]) -> Iterator[Metric]:
         fams = {field: (_family(f"sandbox_{name}", doc, ["sandbox"], counter))
                 for name, field, doc, counter in SANDBOX_FAMILIES}
         net = {key: _family(f"sandbox_{name}", doc, ["sandbox"], True)
@@ -259,14 +265,15 @@ class DaemonCollector:
                                     "Unix time the sandbox started.", labels=["sandbox"])
         seen_net: set[str] = set()
         for rec in records:
-            stats = self.sbx.raw_stats(rec)
+            stats = all_stats.get(rec.id)
             if stats is None:  # ended between the listing and the read
                 continue
             for field, fam in fams.items():
                 value = stats.get(field)
                 if value is not None:
                     fam.add_metric([rec.id], value)
-            for key, value in (self.sbx.network_counters(rec) or {}).items():
+            for raw, value in (self.sbx.network_counters(rec) or {}).items():
+                key = _network_key(raw)
                 if key in net and value is not None:
                     net[key].add_metric([rec.id], value)
                     seen_net.add(key)
@@ -280,19 +287,21 @@ class DaemonCollector:
         yield from fams.values()
         yield from (fam for key, fam in net.items() if key in seen_net)
 
-    def _users(self, records: list[Any]) -> Iterator[Metric]:
+    def _users(self, records: list[Any], stats: dict[str, Any]) -> Iterator[Metric]:
         sbx = self.sbx
         users = [u.name for u in sbx.store.list_users()]
-        running = GaugeMetricFamily("sandboxd_user_sandboxes",
-                                    "Running sandboxes of a user, by kind.", labels=["user", "kind"])
+        running = GaugeMetricFamily("sandboxd_user_sandboxes", "Running sandboxes, by kind.",
+                                    labels=["user", "kind"])
         quota = {key: GaugeMetricFamily(f"sandboxd_user_quota_{key}", doc, labels=["user"])
                  for key, doc in (
                      ("sandboxes", "Most sandboxes the user may run at once."),
+                     ("kernels", "Most kernels the user may run at once."),
                      ("memory_bytes", "Memory quota: sum of the user's sandbox memory limits."),
                      ("cpus", "CPU quota in cores: sum of the user's sandbox CPU limits."))}
         used = {key: GaugeMetricFamily(f"sandboxd_user_quota_used_{key}", doc, labels=["user"])
                 for key, doc in (
                     ("sandboxes", "Sandboxes counted against the quota (running + starting)."),
+                    ("kernels", "Kernels counted against the quota."),
                     ("memory_bytes", "Memory limits counted against the quota."),
                     ("cpus", "CPU limits (cores) counted against the quota."))}
         refusals = CounterMetricFamily("sandboxd_user_admission_refusals",
@@ -305,14 +314,15 @@ class DaemonCollector:
         by_user: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(KINDS, 0))
         for rec in records:
             by_user[rec.user][rec.kind] = by_user[rec.user].get(rec.kind, 0) + 1
-            with contextlib.suppress(Exception):
-                live_ooms[rec.user] += sbx.runtime.cgroups.oom_kills(rec.user, rec.id)
+            live_ooms[rec.user] += (stats.get(rec.id) or {}).get("oom_kills", 0)
         for user in users:
             for kind, count in by_user[user].items():
                 running.add_metric([user, kind], count)
             limit, _ = sbx.quota_for(user)
             usage = sbx.usage(user)
             for key, lim, use in (("sandboxes", limit.max_sandboxes, usage.sandboxes),
+                                  ("kernels", getattr(limit, "max_kernels", 0),
+                                   usage.by_kind.get("kernel", 0)),
                                   ("memory_bytes", limit.memory, usage.memory),
                                   ("cpus", limit.cpus, usage.cpus)):
                 if lim:

@@ -17,6 +17,7 @@ from typing import Any
 from . import __version__, admission, metrics
 from .config import Config, Quota, parse_quota
 from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Refused, SandboxdError
+from .network.manager import NetworkManager
 from .runtime.sandbox import Exit, LiveSandbox, Runtime
 from .spec import Limits, SandboxSpec
 from .state import SandboxRecord, Store, User
@@ -44,6 +45,7 @@ class Sandboxd:
                            config.tenant_uid_count)
         self.runtime = Runtime(instance=config.instance, run_dir=config.run_dir,
                                state_dir=config.state_dir)
+        self.networks = NetworkManager(lambda: self.config, self.store.db)
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[Any]] = []
         self.exit_listeners: list[Any] = []
@@ -84,6 +86,7 @@ class Sandboxd:
         for user, sid in self.runtime.orphans(known):
             log.warning("removing leftover %s/%s", user, sid)
             self.runtime.remove_orphan(user, sid)
+        self.networks.restore({r.id for r in self.store.list_sandboxes(states=("running",))})
 
     def start_background(self) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._housekeeping()))
@@ -157,6 +160,7 @@ class Sandboxd:
             raise Forbidden("the admin user cannot be removed", reason="admin")
         for rec in self.store.list_sandboxes(user=name):
             await self.remove(actor, rec.id, force=True)
+        self.networks.remove_user(name)
         self.store.remove_user(name)
         self.runtime.cgroups.remove_user(name)
         self.store.audit(actor.name, "user-rm", name)
@@ -244,10 +248,16 @@ class Sandboxd:
         self.store.insert_sandbox(rec)
         began = time.monotonic()
         try:
+            attached = self.networks.attach(spec, self._find_running)
+            spec = dataclasses.replace(spec, etc_hosts=attached.etc_hosts,
+                                       etc_resolv=attached.etc_resolv)
+            self.store.update_sandbox(spec.id, spec=json.dumps(spec.to_json()))
             live = await self.runtime.start(spec, user_limits=_user_limits(quota),
-                                            extra_dirs=extra_dirs, prepare=prepare)
+                                            extra_dirs=extra_dirs, prepare=prepare,
+                                            net=attached.plan)
         except BaseException:
             metrics.observe_start(kind, "failure", time.monotonic() - began)
+            self.networks.release(spec.id)
             self.store.delete_sandbox(spec.id)
             raise
         metrics.observe_start(kind, "success", time.monotonic() - began)
@@ -267,13 +277,36 @@ class Sandboxd:
         metrics.sandbox_exited(self, spec, result)  # before the cgroup (and its OOM count) goes
         with contextlib.suppress(SandboxdError):
             self.runtime.cgroups.remove(spec.user, spec.id)
+        self._release_network(spec.id)
         for listener in self.exit_listeners:
             with contextlib.suppress(Exception):
                 listener(spec, result)
         if spec.auto_remove:
             asyncio.get_running_loop().call_later(2.0, self._auto_remove, spec)
 
+    def _release_network(self, sid: str) -> None:
+        """Free the sandbox's network; sandboxes that joined it (container:<id>) end too."""
+        try:
+            joiners = self.networks.release(sid)
+        except SandboxdError as exc:
+            log.error("releasing the network of %s: %s", sid, exc.message)
+            return
+        for other in joiners:
+            live = self.runtime.live.get(other)
+            if live is not None and not live.stopping:
+                log.info("stopping %s: the sandbox whose network it joined ended", other)
+                asyncio.get_running_loop().create_task(self.runtime.stop(live, 0))
+
+    def _find_running(self, user: str, ref: str) -> tuple[str, str] | None:
+        """(id, netns path) of a running sandbox of ``user``, for network container:<ref>."""
+        rec = self.store.find_sandbox(ref, user)
+        live = self.runtime.live.get(rec.id) if rec else None
+        if rec is None or live is None:
+            return None
+        return rec.id, f"/proc/{live.pid}/ns/net"
+
     def _auto_remove(self, spec: SandboxSpec) -> None:
+        self._release_network(spec.id)
         self.runtime.release(spec)
         self.store.delete_sandbox(spec.id)
 
@@ -333,6 +366,7 @@ class Sandboxd:
                 raise Conflict(f"sandbox {rec.id} is running; stop it or use force",
                                reason="running")
             await self.runtime.stop(live, 0)
+        self._release_network(rec.id)
         self.runtime.release(SandboxSpec.from_json(rec.spec))
         self.store.delete_sandbox(rec.id)
         self.store.audit(actor.name, "remove", rec.id)
@@ -373,7 +407,7 @@ class Sandboxd:
 
     def network_counters(self, rec: SandboxRecord) -> dict[str, Any]:
         """rx/tx counters of the sandbox's veth; none for sandboxes without one."""
-        return {}
+        return self.networks.counters(rec.id)
 
     def model(self, rec: SandboxRecord) -> dict[str, Any]:
         spec = rec.spec
@@ -387,6 +421,8 @@ class Sandboxd:
             "finished": iso(rec.finished), "exit_code": rec.exit_code,
             "oom_killed": rec.oom_killed, "reason": rec.reason,
             "labels": dict(spec.get("labels", ())),
+            "ports": list(spec.get("ports", ())),
+            "network_settings": self.networks.describe(rec.id),
         }
 
     def status(self) -> dict[str, Any]:

@@ -75,6 +75,9 @@ class SandboxSpec:
     seccomp_profile: str | None = None  # path of a Docker-format JSON profile; None = built-in
     lifetime: float | None = None  # seconds; None = no limit
     labels: tuple[tuple[str, str], ...] = ()
+    ports: tuple[str, ...] = ()  # published ports, "[HOSTIP:]HOSTPORT:CTRPORT/PROTO"
+    etc_hosts: str = ""  # /etc/hosts of the sandbox ("" = the rootfs default)
+    etc_resolv: str | None = None  # /etc/resolv.conf of the sandbox (None = the image's)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -84,7 +84,8 @@ memory = "6g"
 cpus = 8.0
 """
 
-# an echo server: answers every TCP connection and UDP datagram with the peer's address
+# an echo server: answers every TCP connection and UDP datagram with the peer's address;
+# argv: UDP bind address (a UDP reply must come from the address it was sent to), ports
 SERVER = r"""
 import socket, sys, threading
 def tcp(p):
@@ -93,10 +94,11 @@ def tcp(p):
     while True:
         c, a = s.accept(); c.sendall((a[0] + "\n").encode()); c.close()
 def udp(p):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", p))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((udp_bind, p))
     while True:
         d, a = s.recvfrom(100); s.sendto((a[0] + "\n").encode(), a)
-for p in map(int, sys.argv[1:]):
+udp_bind = sys.argv[1]
+for p in map(int, sys.argv[2:]):
     threading.Thread(target=tcp, args=(p,), daemon=True).start()
     threading.Thread(target=udp, args=(p,), daemon=True).start()
 print("ready", flush=True)
@@ -196,7 +198,7 @@ class Net:
         return json.loads(out)
 
     def server(self, client: Client, **fields: Any) -> dict[str, Any]:
-        sb = client.run([PYTHON, "-u", "-c", SERVER, str(CTR)], **fields)
+        sb = client.run([PYTHON, "-u", "-c", SERVER, "0.0.0.0", str(CTR)], **fields)
         self.started.append((client, sb["id"]))
         deadline = time.monotonic() + 20
         while "ready" not in client.logs(sb["id"])["stdout"]:
@@ -260,8 +262,9 @@ def net() -> Iterator[Net]:
     _setns(H)
     d = make_daemon(INST, CONFIG)
     try:
-        servers.append(spawn_in(U, PYTHON, "-u", "-c", SERVER, str(ECHO), str(ECHO_DENIED)))
-        servers.append(spawn_in(H, PYTHON, "-u", "-c", SERVER, str(HOST_ALLOWED),
+        servers.append(spawn_in(U, PYTHON, "-u", "-c", SERVER, INTERNET, str(ECHO),
+                                str(ECHO_DENIED)))
+        servers.append(spawn_in(H, PYTHON, "-u", "-c", SERVER, "0.0.0.0", str(HOST_ALLOWED),
                                 str(HOST_DENIED)))
         start_daemon(d)
         world = Net(d)
@@ -382,7 +385,7 @@ def test_host_reaches_sandbox_sandbox_reaches_only_allowed_host_ports(net: Net) 
 def test_metadata_and_private_blocked_unless_profile_allows(net: Net) -> None:
     alice = net.user("alice")
     targets = (f"tcp:{METADATA}:{ECHO}", f"tcp:{PRIVATE}:{ECHO}", f"tcp:{INTERNET}:{ECHO}")
-    assert net.probe(alice, *targets) == dict(zip(targets, ("ERR", "ERR", HOST_UP)))
+    assert net.probe(alice, *targets) == dict(zip(targets, ("ERR", "ERR", HOST_UP), strict=True))
     assert net.probe(alice, *targets, profile="open") == dict.fromkeys(targets, HOST_UP)
 
 
@@ -395,7 +398,7 @@ def test_egress_none_and_allow_list(net: Net) -> None:
                f"udp:{INTERNET}:{ECHO}")
     assert set(net.probe(alice, *targets, profile="closed").values()) == {"ERR"}
     assert net.probe(alice, *targets, profile="allowlist") == dict(
-        zip(targets, (HOST_UP, "ERR", "ERR")))
+        zip(targets, (HOST_UP, "ERR", "ERR"), strict=True))
 
 
 # 7. the other modes ---------------------------------------------------------------------------

@@ -6,9 +6,11 @@ from typing import Any
 
 from tornado import web
 
+from .. import metrics
 from ..service import Sandboxd
-from . import openapi, sandboxes, users
+from . import kernels, networks, openapi, sandboxes, users
 from .base import NotFoundHandler
+from .metrics import MetricsHandler, log_request
 
 REF = r"([A-Za-z0-9_.-]+)"
 USER = r"([a-z0-9][a-z0-9_.-]*)"
@@ -31,13 +33,18 @@ def routes() -> list[tuple[str, Any]]:
         (r"/api/whoami", users.WhoamiHandler),
         (r"/api/status", users.StatusHandler),
         (r"/api/openapi.json", openapi.OpenApiHandler),
+        *kernels.routes(),
+        *networks.routes(),
+        (r"/metrics", MetricsHandler),
     ]
 
 
 def make_app(sbx: Sandboxd, extra_routes: list[tuple[str, Any]] | None = None) -> web.Application:
     return web.Application(
-        (extra_routes or []) + routes(),
+        metrics.instrument_routes((extra_routes or []) + routes()),
         sandboxd=sbx,
+        kernels=kernels.setup(sbx),
+        log_function=log_request,
         default_handler_class=NotFoundHandler,
         websocket_ping_interval=30,
     )

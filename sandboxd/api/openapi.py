@@ -168,6 +168,38 @@ PATHS: dict[str, Any] = {
                                   "responses": {"200": {"description": "OpenAPI 3"}}}},
 }
 
+# networks (issue #3) ---------------------------------------------------------------------------
+SCHEMAS["SandboxCreate"]["properties"].update({
+    "network": {"type": "string",
+                "description": "bridge | <network name> | none | host | container:<id> | macvlan"},
+    "ports": {"type": "array", "items": {"type": "string"},
+              "description": "[HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]"},
+})
+SCHEMAS.update({
+    "NetworkCreate": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string"}, "user": {"type": "string", "description": "admin only"}}},
+    "Network": {"type": "object", "properties": {
+        "name": {"type": "string"}, "user": {"type": "string"}, "subnet": {"type": "string"},
+        "gateway": {"type": "string"}, "bridge": {"type": "string"},
+        "default": {"type": "boolean"}, "created": {"type": "number"},
+        "sandboxes": {"type": "object", "additionalProperties": {"type": "string"}}}},
+})
+USER_QUERY = [{"name": "user", "in": "query", "schema": {"type": "string"},
+               "description": "admin only: another user's network"}]
+PATHS.update({
+    "/api/networks": {
+        "get": _op("The caller's networks (all for an admin)", schema=_array("Network"),
+                   errors=("401", "403")),
+        "post": _op("Create a network", "201", "NetworkCreate", _ref("Network"),
+                    ("400", "401", "403", "409", "429", "500", "503")),
+    },
+    "/api/networks/{name}": {
+        "parameters": NAME_PARAM + USER_QUERY,
+        "get": _op("Inspect a network", schema=_ref("Network")),
+        "delete": _op("Remove an unused network", "204", errors=("401", "403", "404", "409")),
+    },
+})
+
 
 def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
     return {

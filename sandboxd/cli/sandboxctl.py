@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from sandboxd.cli.client import ApiError, Client, Json
+from sandboxd.cli.kernel_cmds import add_kernel_commands
+from sandboxd.cli.network_cmds import add_network_commands
 from sandboxd.units import format_size
 
 DEFAULT_URL = "http://127.0.0.1:8890"
@@ -134,6 +136,7 @@ _RUN_LISTS = {
     "device_read_iops": "device_read_iops",
     "device_write_iops": "device_write_iops",
     "volumes": "volumes",
+    "ports": "ports",
 }
 
 
@@ -523,6 +526,7 @@ def quota_table(model: Json) -> str:
     quota, usage = model.get("quota") or {}, model.get("usage") or {}
     rows = [
         ["sandboxes", _limit(usage.get("sandboxes")), _limit(quota.get("max_sandboxes"))],
+        ["kernels", _limit(usage.get("kernels")), _limit(quota.get("max_kernels"))],
         ["memory", _limit(usage.get("memory"), True), _limit(quota.get("memory"), True)],
         ["cpus", _limit(usage.get("cpus")), _limit(quota.get("cpus"))],
     ]
@@ -546,11 +550,12 @@ def cmd_quota_get(client: Client, args: argparse.Namespace) -> int:
 
 def quota_request(args: argparse.Namespace) -> Json:
     body: Json = {}
-    for field in ("max_sandboxes", "memory", "cpus"):
+    for field in ("max_sandboxes", "max_kernels", "memory", "cpus"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
     if not body:
-        raise UsageError("quota set: give at least one of --max-sandboxes, --memory, --cpus")
+        raise UsageError("quota set: give at least one of --max-sandboxes, --max-kernels, "
+                         "--memory, --cpus")
     return body
 
 
@@ -620,7 +625,10 @@ def _add_run(sub: Any) -> None:
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     p.add_argument("-w", "--workdir")
     p.add_argument("--user", help="admin only: run for this user")
-    p.add_argument("--network", help="none or host")
+    p.add_argument("--network",
+                   help="bridge (default), a network name, none, host, container:ID, macvlan")
+    p.add_argument("-p", "--publish", dest="ports", action="append", default=[],
+                   metavar="[HOSTIP:]HOSTPORT:CTRPORT[/PROTO]", help="publish a port")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
 
@@ -676,6 +684,7 @@ def _add_quota(sub: Any) -> None:
     p = _command(qsub, "set", cmd_quota_set, "change a user's quota (stored)")
     p.add_argument("user")
     p.add_argument("--max-sandboxes", type=int)
+    p.add_argument("--max-kernels", type=int)
     p.add_argument("--memory", help="e.g. 8g")
     p.add_argument("--cpus", type=float)
     _json_flag(p)
@@ -699,6 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sandbox_commands(sub)
     _add_user(sub)
     _add_quota(sub)
+    add_network_commands(sub, _command)
+    add_kernel_commands(sub, _command)
     p = _command(sub, "status", cmd_status, "show the daemon's status")
     _json_flag(p)
     return parser

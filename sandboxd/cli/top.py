@@ -35,8 +35,10 @@ def _size(value: Any) -> str:
 def row(stats: Json) -> list[str]:
     limit = stats.get("memory_limit")
     net = "-"
-    if "network_rx_bytes" in stats or "network_tx_bytes" in stats:
-        net = f"{_size(stats.get('network_rx_bytes'))} / {_size(stats.get('network_tx_bytes'))}"
+    rx = stats.get("network_rx_bytes", stats.get("net_rx_bytes"))
+    tx = stats.get("network_tx_bytes", stats.get("net_tx_bytes"))
+    if rx is not None or tx is not None:
+        net = f"{_size(rx)} / {_size(tx)}"
     return [
         str(stats.get("id", ""))[:12],
         str(stats.get("name", ""))[:24],

@@ -7,20 +7,45 @@ own network namespace is "the host"; sandbox namespaces are files under /run/net
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import NetworkError
+from . import syscalls
 
 NETNS_DIR = "/run/netns"
 AF_INET = 2
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_worker = ThreadPoolExecutor(1, thread_name_prefix="netlink")
+
+
+def off_loop(fn: Callable[P, R]) -> Callable[P, R]:
+    """pyroute2's synchronous API drives an asyncio loop of its own, which cannot run inside the
+    daemon's running loop; from there, the call runs on one worker thread (and still blocks)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        return _worker.submit(fn, *args, **kwargs).result()
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -54,20 +79,63 @@ def netns_path(name: str) -> str:
     return os.path.join(NETNS_DIR, name)
 
 
+@off_loop
 def create_netns(name: str) -> str:
-    """Make a named namespace (owned by the init user namespace) and return its path."""
+    """Make a named namespace (owned by the init user namespace) and return its path.
+
+    Done on this thread (unshare, bind-mount, setns back), never in a forked helper: a child
+    forked from the daemon shares its asyncio signal wake-up fd, so a signal the helper gets
+    would reach the daemon's own handlers (pyroute2's netns.create does fork).
+    """
+    path = netns_path(name)
     with _mapped(f"create netns {name}"):
-        netns.create(name)
-    return netns_path(name)
+        os.makedirs(NETNS_DIR, mode=0o755, exist_ok=True)
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
+        try:
+            with _thread_netns(None):
+                syscalls.unshare(syscalls.CLONE_NEWNET)
+                syscalls.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path,
+                               None, syscalls.MS_BIND)
+        except BaseException:
+            os.unlink(path)
+            raise
+    return path
 
 
+@contextlib.contextmanager
+def _thread_netns(path: str | None) -> Iterator[None]:
+    """Run the block with this thread in ``path``'s netns (None: where it unshares to)."""
+    own = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+    try:
+        if path is not None:
+            target = os.open(path, os.O_RDONLY)
+            try:
+                syscalls.setns(target, syscalls.CLONE_NEWNET)
+            finally:
+                os.close(target)
+        yield
+    finally:
+        syscalls.setns(own, syscalls.CLONE_NEWNET)
+        os.close(own)
+
+
+def _ipr_in(name: str) -> IPRoute:
+    """An IPRoute whose netlink socket lives in netns ``name`` (made while the thread is in it;
+    a socket stays in the namespace it was made in)."""
+    with _thread_netns(netns_path(name)):
+        return IPRoute()
+
+
+@off_loop
 def remove_netns(name: str) -> None:
     """Unmount and unlink a named namespace; a missing one is fine (idempotent)."""
     path = netns_path(name)
     if not os.path.exists(path):
         return
     with _mapped(f"remove netns {name}"):
-        netns.remove(name)
+        with contextlib.suppress(OSError):
+            syscalls.umount(path, syscalls.MNT_DETACH)
+        os.unlink(path)
 
 
 def list_netns(prefix: str) -> list[str]:
@@ -82,17 +150,20 @@ def _index(ipr: IPRoute, name: str) -> int | None:
     return found[0] if found else None
 
 
+@off_loop
 def link_exists(name: str) -> bool:
     with IPRoute() as ipr, _mapped(f"look up {name}"):
         return _index(ipr, name) is not None
 
 
+@off_loop
 def list_links(prefix: str) -> list[str]:
     with IPRoute() as ipr, _mapped("list links"):
         names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
     return sorted(n for n in names if n and n.startswith(prefix))
 
 
+@off_loop
 def delete_link(name: str) -> None:
     """Delete a link of the host namespace (a veth's peer goes with it); missing is fine."""
     with IPRoute() as ipr, _mapped(f"delete link {name}"):
@@ -106,6 +177,7 @@ def delete_link(name: str) -> None:
                 raise
 
 
+@off_loop
 def ensure_bridge(name: str, gateway: str, prefixlen: int) -> None:
     """A bridge holding the gateway address, up; re-applying it changes nothing."""
     with IPRoute() as ipr, _mapped(f"bridge {name}"):
@@ -120,6 +192,7 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int) -> None:
         ipr.link("set", index=idx, state="up")
 
 
+@off_loop
 def host_routes() -> list[ipaddress.IPv4Network]:
     """Destinations of the host's IPv4 routes, in all tables, without the default route."""
     out = []
@@ -132,6 +205,7 @@ def host_routes() -> list[ipaddress.IPv4Network]:
     return out
 
 
+@off_loop
 def route_devices() -> dict[ipaddress.IPv4Network, str]:
     """Host route destination → device name (to tell our bridges' routes from others)."""
     out: dict[ipaddress.IPv4Network, str] = {}
@@ -157,7 +231,7 @@ def set_forwarding() -> None:
 
 
 def _configure_inside(ns_name: str, address: str, prefixlen: int, gateway: str | None) -> None:
-    with IPRoute(netns=ns_name, flags=0) as ns:
+    with _ipr_in(ns_name) as ns:
         lo = _index(ns, "lo")
         ns.link("set", index=lo, state="up")
         eth = _index(ns, "eth0")
@@ -169,6 +243,13 @@ def _configure_inside(ns_name: str, address: str, prefixlen: int, gateway: str |
             ns.route("add", dst="0.0.0.0/0", gateway=gateway)
 
 
+def mac_for(address: str) -> str:
+    """A locally administered MAC derived from the IPv4 address (as Docker does): a reused
+    address keeps its MAC, so neighbour caches on the bridge never point at a gone veth."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(address).packed)
+
+
+@off_loop
 def add_veth(ns_name: str, host_end: str, bridge: str, address: str, prefixlen: int,
              gateway: str) -> str:
     """A veth pair: ``host_end`` on ``bridge``, ``eth0`` in the sandbox netns with ``address``.
@@ -177,7 +258,7 @@ def add_veth(ns_name: str, host_end: str, bridge: str, address: str, prefixlen: 
     """
     with IPRoute() as ipr, _mapped(f"veth {host_end}"):
         ipr.link("add", ifname=host_end, kind="veth",
-                 peer={"ifname": "eth0", "net_ns_fd": ns_name})
+                 peer={"ifname": "eth0", "net_ns_fd": ns_name, "address": mac_for(address)})
         try:
             idx = _index(ipr, host_end)
             ipr.link("set", index=idx, master=_index(ipr, bridge), state="up")
@@ -189,6 +270,7 @@ def add_veth(ns_name: str, host_end: str, bridge: str, address: str, prefixlen: 
             raise
 
 
+@off_loop
 def add_macvlan(ns_name: str, tmp_name: str, parent: str, address: str, prefixlen: int,
                 gateway: str | None) -> str:
     """A macvlan (bridge mode) on ``parent``, moved into the sandbox netns as ``eth0``."""
@@ -205,7 +287,7 @@ def add_macvlan(ns_name: str, tmp_name: str, parent: str, address: str, prefixle
             with contextlib.suppress(NetlinkError):
                 ipr.link("del", ifname=tmp_name)
             raise
-    with _mapped(f"macvlan in {ns_name}"), IPRoute(netns=ns_name, flags=0) as ns:
+    with _mapped(f"macvlan in {ns_name}"), _ipr_in(ns_name) as ns:
         idx = _index(ns, tmp_name)
         ns.link("set", index=idx, ifname="eth0")
     with _mapped(f"macvlan in {ns_name}"):
@@ -214,11 +296,12 @@ def add_macvlan(ns_name: str, tmp_name: str, parent: str, address: str, prefixle
 
 
 def _mac_inside(ns_name: str) -> str:
-    with IPRoute(netns=ns_name, flags=0) as ns:
+    with _ipr_in(ns_name) as ns:
         link = ns.get_links(_index(ns, "eth0"))[0]
         return str(link.get_attr("IFLA_ADDRESS"))
 
 
+@off_loop
 def counters(host_end: str) -> Counters | None:
     """The sandbox's traffic from the host end of its veth; None if the link is gone."""
     try:
@@ -238,6 +321,7 @@ def counters(host_end: str) -> Counters | None:
     )
 
 
+@off_loop
 def host_addresses() -> list[str]:
     """The IPv4 addresses of the daemon's namespace (for 'the host's own addresses')."""
     with IPRoute() as ipr, _mapped("dump addresses"):

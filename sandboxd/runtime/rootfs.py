@@ -66,6 +66,8 @@ class RootfsPlan:
     hostname: str
     run_binds: tuple[tuple[str, str], ...] = ()  # (host dir, container path), read-write
     workdir: str = HOME  # made (owned by the tenant) if missing, as docker does
+    etc_hosts: str = ""  # network files written by the network step ("" = the default)
+    etc_resolv: str | None = None
 
 
 def python_environments() -> tuple[str, ...]:
@@ -193,6 +195,8 @@ def plan(spec: SandboxSpec, image: Image, sandbox_dir: str,
         hostname=spec.name,
         run_binds=tuple((os.path.join(sandbox_dir, d), f"/run/{d}") for d in extra_dirs),
         workdir=spec.workdir,
+        etc_hosts=spec.etc_hosts,
+        etc_resolv=spec.etc_resolv,
     )
 
 
@@ -245,7 +249,11 @@ def mount_plan(p: RootfsPlan) -> None:
     with open(p.root + "/etc/hostname", "w") as fh:
         fh.write(p.hostname + "\n")
     with open(p.root + "/etc/hosts", "w") as fh:
-        fh.write(f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{p.hostname}\n")
+        fh.write(p.etc_hosts
+                 or f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{p.hostname}\n")
+    if p.etc_resolv is not None:
+        with open(p.root + "/etc/resolv.conf", "w") as fh:
+            fh.write(p.etc_resolv)
 
 
 def _make_workdir(root: str, workdir: str, uid: int) -> None:

@@ -219,7 +219,7 @@ class Runtime:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             child = _first_child(init_pid)
-            if child is not None and not _is_bwrap(child):
+            if child is not None and _has_execd(child):
                 return
             if proc.poll() is not None:
                 message = self._bwrap_error(sid)
@@ -413,6 +413,14 @@ def _is_bwrap(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             return os.path.basename(fh.read().split(b"\0")[0]) == b"bwrap"
+    except OSError:
+        return False
+
+
+def _has_execd(pid: int) -> bool:
+    """True once ``pid`` runs something other than bwrap (a dead or dying one tells nothing)."""
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")) != "bwrap"
     except OSError:
         return False
 

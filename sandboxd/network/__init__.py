@@ -1,0 +1,1 @@
+"""Per-user networks: settings, address management, state and the manager the daemon calls."""
