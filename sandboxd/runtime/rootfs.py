@@ -19,7 +19,7 @@ from ..errors import InvalidRequest
 from ..spec import SandboxSpec, Volume
 from . import syscalls
 
-HOST_IMAGE_VERSION = "3"
+HOST_IMAGE_VERSION = "4"
 
 #: host /etc entries copied into the host image (an allow-list: never shadow, sudoers, ssh keys)
 ETC_ALLOW = (
@@ -103,9 +103,6 @@ def _make_skeleton(skeleton: str, envs: tuple[str, ...]) -> None:
     for d in ("etc", "proc", "dev", "sys", "run", "var/tmp", "var/lib", "home", "root", "mnt",
               "srv"):
         os.makedirs(os.path.join(skeleton, d), mode=0o755, exist_ok=True)
-    for d in ("tmp", "var/tmp"):
-        os.makedirs(os.path.join(skeleton, d), exist_ok=True)
-        os.chmod(os.path.join(skeleton, d), 0o1777)
     for path in SYSTEM_DIRS:
         if os.path.islink(path):
             os.symlink(os.readlink(path), os.path.join(skeleton, path.lstrip("/")))
@@ -118,6 +115,9 @@ def _make_skeleton(skeleton: str, envs: tuple[str, ...]) -> None:
         for i in range(1, len(parts) + 1):
             os.chmod(os.path.join(skeleton, *parts[:i]), 0o755)
     os.makedirs(os.path.join(skeleton, HOME.lstrip("/")), exist_ok=True)
+    for d in ("tmp", "var/tmp"):  # after the environments: one may live under /tmp
+        os.makedirs(os.path.join(skeleton, d), exist_ok=True)
+        os.chmod(os.path.join(skeleton, d), 0o1777)
     _copy_etc(skeleton)
 
 
