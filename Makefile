@@ -6,10 +6,12 @@ PY       := $(VENV)/bin/python
 PYTHON   ?= python3
 APT_PKGS := bubblewrap nftables iproute2 libseccomp2 util-linux procps prometheus
 STAMP    := $(VENV)/.installed
+NODE_DIR := .node
+CHP      := $(NODE_DIR)/node_modules/.bin/configurable-http-proxy
 
 .PHONY: install apt run test lint bench
 
-install: apt $(STAMP)
+install: apt $(STAMP) $(CHP)
 
 apt:
 	@if ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
@@ -21,6 +23,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
+
+# JupyterHub's proxy for the hub tests (tests/test_hub.py), project-local; nodejs only if missing
+$(CHP):
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	npm install --silent --no-audit --no-fund --prefix $(NODE_DIR) configurable-http-proxy
+	@test -x $(CHP)
 
 run: install
 	$(VENV)/bin/sandboxd serve

@@ -97,10 +97,11 @@ def ws_open(d: Daemon, kid: str) -> websocket.WebSocket:
         header=[f"Authorization: token {d.token}"], timeout=60)
 
 
-def ws_wait(ws: websocket.WebSocket, msg_id: str, msg_type: str) -> None:
+def ws_wait(ws: websocket.WebSocket, msg_id: str, msg_type: str, state: str = "") -> None:
     while True:
         got = json.loads(ws.recv())
-        if got["parent_header"].get("msg_id") == msg_id and got["msg_type"] == msg_type:
+        if got["parent_header"].get("msg_id") == msg_id and got["msg_type"] == msg_type and \
+                (not state or got["content"].get("execution_state") == state):
             return
 
 
@@ -120,7 +121,7 @@ def cold_sandboxd(d: Daemon) -> float:
 def cold_bare() -> float:
     t0 = time.perf_counter()
     km = KernelManager(kernel_name="python3")
-    km.start_kernel()
+    km.start_kernel(stderr=subprocess.DEVNULL)
     kc = km.client()
     kc.start_channels()
     kc.kernel_info(reply=True, timeout=60)
@@ -134,12 +135,19 @@ def rtt_ws(ws: websocket.WebSocket, n: int) -> list[float]:
     out = []
     for _ in range(n):
         m = msg("execute_request", EXECUTE)
+        msg_id = m["header"]["msg_id"]
         t0 = time.perf_counter()
         ws.send(json.dumps(m))
-        ws_wait(ws, m["header"]["msg_id"], "execute_reply")
-        out.append(time.perf_counter() - t0)
-        ws_wait(ws, m["header"]["msg_id"], "status")  # busy
-        ws_wait(ws, m["header"]["msg_id"], "status")  # idle (untimed drain)
+        replied = idle = False
+        while not (replied and idle):  # shell and iopub may arrive in either order
+            got = json.loads(ws.recv())
+            if got["parent_header"].get("msg_id") != msg_id:
+                continue
+            if got["msg_type"] == "execute_reply":
+                out.append(time.perf_counter() - t0)
+                replied = True
+            elif got["msg_type"] == "status" and got["content"]["execution_state"] == "idle":
+                idle = True
     return out
 
 
@@ -163,6 +171,7 @@ def rtt_zmq(conn_file: str, host_dir: str, n: int) -> list[float]:
             if reply["parent_header"].get("msg_id") == sent["header"]["msg_id"]:
                 break
         out.append(time.perf_counter() - t0)
+        # (iopub is a separate socket here, so its idle can be read after the reply)
         while True:  # untimed drain until idle
             _, m = session.recv(iopub, mode=0)
             if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle" and \

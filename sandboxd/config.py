@@ -51,6 +51,7 @@ seccomp_profile = ""      # path of a Docker-format JSON profile; "" = built-in
 egress = "nat"            # nat | none | allow (only egress_allow)
 egress_allow = []         # "CIDR[:PORT[/tcp|/udp]]" reachable under egress = "allow"
 egress_allow_private = [] # CIDRs of 10/8, 172.16/12, 192.168/16, 100.64/10, 169.254/16 let through
+host_ports = []           # host ports this profile's sandboxes may reach besides [network] ones
 
 [network]
 pool = "10.213.0.0/16"    # user networks' subnets are cut from it; must not overlap host routes
@@ -74,7 +75,7 @@ _PROFILE_KEYS = {
     "cpus", "memory", "swap", "pids", "disk", "image", "network", "lifetime", "idle_timeout",
     "cull_busy", "cull_connected", "max_cpus", "max_memory", "max_pids", "max_disk",
     "allow_host_network", "seccomp_profile", "description",
-    "egress", "egress_allow", "egress_allow_private",
+    "egress", "egress_allow", "egress_allow_private", "host_ports",
 }
 _QUOTA_KEYS = {"max_sandboxes", "max_kernels", "memory", "cpus"}
 _TOP_KEYS = {

@@ -129,7 +129,8 @@ class Sandboxd:
         return self.store.user_for_token(token) if token else None
 
     def add_user(self, actor: User, body: Any) -> dict[str, Any]:
-        _require_admin(actor)
+        if not actor.service:
+            _require_admin(actor)
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
             raise InvalidRequest("expected {\"name\": ...}")
         name = body["name"]
@@ -138,6 +139,8 @@ class Sandboxd:
         for key in ("admin", "service"):
             if not isinstance(body.get(key, False), bool):
                 raise InvalidRequest(f"{key}: expected true or false")
+            if body.get(key) and not actor.admin:
+                raise Forbidden(f"only an admin may create {key} users", reason="not-admin")
         user = self.store.add_user(name, admin=body.get("admin", False),
                                    service=body.get("service", False))
         token = self.store.new_token(name)
@@ -146,7 +149,9 @@ class Sandboxd:
 
     def user_model(self, actor: User, name: str) -> dict[str, Any]:
         if not actor.admin and actor.name != name:
-            raise NotFound(f"no user {name!r}", reason="unknown-user")
+            target = self.store.get_user(name, missing_ok=True)
+            if target is None or not acts_for(actor, target):
+                raise NotFound(f"no user {name!r}", reason="unknown-user")
         return self.store.get_user(name).to_json()  # type: ignore[union-attr]
 
     def list_users(self, actor: User) -> list[dict[str, Any]]:
@@ -166,8 +171,8 @@ class Sandboxd:
         self.store.audit(actor.name, "user-rm", name)
 
     def new_token(self, actor: User, name: str) -> str:
-        _require_admin(actor)
-        self.store.get_user(name)
+        if not acts_for(actor, self.store.get_user(name)):  # type: ignore[arg-type]
+            _require_admin(actor)
         return self.store.new_token(name)
 
     # quotas ------------------------------------------------------------------------------------
@@ -220,10 +225,11 @@ class Sandboxd:
             return actor
         if not isinstance(wanted, str):
             raise InvalidRequest("user: expected a user name")
-        if not actor.admin:
-            raise Forbidden("only an admin may create sandboxes for another user",
-                            reason="not-admin")
-        return self.store.get_user(wanted)  # type: ignore[return-value]
+        target = self.store.get_user(wanted)
+        if not acts_for(actor, target):  # type: ignore[arg-type]
+            raise Forbidden("only an admin (or a service, for plain users) may create "
+                            "sandboxes for another user", reason="not-admin")
+        return target  # type: ignore[return-value]
 
     async def create(self, actor: User, body: Any, *, kind: str = "sandbox",
                      owner: User | None = None, sid: str | None = None,
@@ -312,6 +318,11 @@ class Sandboxd:
 
     def lookup(self, actor: User, ref: str) -> SandboxRecord:
         rec = self.store.find_sandbox(ref, None if actor.admin else actor.name)
+        if rec is None and actor.service:  # a service (a JupyterHub) manages plain users'
+            rec = self.store.find_sandbox(ref, None)
+            owner = self.store.get_user(rec.user, missing_ok=True) if rec else None
+            if owner is None or not acts_for(actor, owner):
+                rec = None
         if rec is None:
             raise NotFound(f"no such sandbox: {ref}", reason="unknown-sandbox")
         return rec
@@ -434,6 +445,12 @@ class Sandboxd:
             "users": len(self.store.list_users()),
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
+
+
+def acts_for(actor: User, target: User) -> bool:
+    """May ``actor`` manage ``target``'s users, tokens, volumes and sandboxes? Admins manage
+    everyone; a service token (a JupyterHub) manages plain users, never admins or services."""
+    return actor.admin or (actor.service and not target.admin and not target.service)
 
 
 def _require_admin(actor: User) -> None:

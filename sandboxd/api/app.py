@@ -8,7 +8,7 @@ from tornado import web
 
 from .. import metrics
 from ..service import Sandboxd
-from . import kernels, networks, openapi, sandboxes, users
+from . import kernels, networks, openapi, sandboxes, users, volumes
 from .base import NotFoundHandler
 from .metrics import MetricsHandler, log_request
 
@@ -35,6 +35,7 @@ def routes() -> list[tuple[str, Any]]:
         (r"/api/openapi.json", openapi.OpenApiHandler),
         *kernels.routes(),
         *networks.routes(),
+        *volumes.routes(),
         (r"/metrics", MetricsHandler),
     ]
 

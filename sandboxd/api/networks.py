@@ -1,7 +1,9 @@
 """Handlers of /api/networks: a user's networks (list, create, inspect, remove).
 
 A user sees and changes only their own networks; an admin sees all and names another user's
-network with ``?user=NAME`` (or ``"user"`` in the create body).
+network with ``?user=NAME`` (or ``"user"`` in the create body); a service token (a JupyterHub)
+may do the same for plain users. ``GET /api/networks/default`` makes the default network if the
+user has none yet, so a spawner can learn its gateway before the first sandbox.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import Forbidden, InvalidRequest
+from ..network.settings import DEFAULT_NAME
+from ..service import acts_for
 from ..state import User
 from .base import BaseHandler
 
@@ -20,9 +24,9 @@ def _owner(handler: BaseHandler, actor: User, wanted: Any) -> str:
         return actor.name
     if not isinstance(wanted, str):
         raise InvalidRequest("user: expected a user name")
-    if not actor.admin:
+    target = handler.sbx.store.get_user(wanted)
+    if not acts_for(actor, target):  # type: ignore[arg-type]
         raise Forbidden("only an admin may manage another user's networks", reason="not-admin")
-    handler.sbx.store.get_user(wanted)
     return wanted
 
 
@@ -54,7 +58,11 @@ class NetworkHandler(BaseHandler):
     def get(self, name: str) -> None:
         actor = self.current()
         owner = _owner(self, actor, self.get_query_argument("user", None))
-        self.send(self.sbx.networks.network_model(self.sbx.networks.lookup_network(owner, name)))
+        if name == DEFAULT_NAME:  # every user has one; reading it makes it (as its first use does)
+            net = self.sbx.networks.default_network(owner)
+        else:
+            net = self.sbx.networks.lookup_network(owner, name)
+        self.send(self.sbx.networks.network_model(net))
 
     def delete(self, name: str) -> None:
         actor = self.current()

@@ -294,7 +294,8 @@ class NetworkManager:
         nets = {n.id: n for n in self.db.networks()}
         policies = tuple(
             nft.EgressPolicy(name=_chain_name(p.name), mode=p.egress.mode, allow=p.egress.allow,
-                             allow_private=p.egress.allow_private)
+                             allow_private=p.egress.allow_private,
+                             host_ports=p.egress.host_ports)
             for p in cfg.profiles.values())
         sandboxes = []
         for att in self.db.attachments():

@@ -51,6 +51,7 @@ class Egress:
     mode: str = "nat"
     allow: tuple[Allow, ...] = ()
     allow_private: tuple[str, ...] = ()
+    host_ports: tuple[tuple[str, int], ...] = ()  # besides [network] host_ports (a Hub's API)
 
 
 def _bad(key: str, why: str) -> InvalidRequest:
@@ -143,13 +144,16 @@ def parse_egress(table: dict[str, Any], where: str) -> Egress:
         raise _bad(f"{where}.egress", f"{mode!r} is not one of {', '.join(MODES)}")
     allow = table.get("egress_allow", [])
     private = table.get("egress_allow_private", [])
-    for key, value in (("egress_allow", allow), ("egress_allow_private", private)):
+    host_ports = table.get("host_ports", [])
+    for key, value in (("egress_allow", allow), ("egress_allow_private", private),
+                       ("host_ports", host_ports)):
         if not isinstance(value, list):
             raise _bad(f"{where}.{key}", "expected a list")
     return Egress(
         mode=mode,
         allow=tuple(parse_allow(a, f"{where}.egress_allow") for a in allow),
-        allow_private=tuple(str(_net(p, f"{where}.egress_allow_private")) for p in private))
+        allow_private=tuple(str(_net(p, f"{where}.egress_allow_private")) for p in private),
+        host_ports=tuple(_proto_port(str(p), f"{where}.host_ports") for p in host_ports))
 
 
 def parse_port(text: Any) -> Published:

@@ -11,7 +11,8 @@ Shape of the table (``B`` = the set of our bridges):
             iif B drop (spoofed sources); oif B drop (nothing else enters a network)
   egress-P  resolvers :53 accept (nat/allow); daddr pool drop; allow-list accept;
             nat: allow_private accept, blocked ranges drop, accept; none/allow: drop
-  input     iif B: established accept, allowed host ports accept, drop
+  input     iif B: established accept, allowed host ports accept,
+            per sandbox: iif bridge + saddr address + its profile's host ports accept; drop
   prerouting/output (nat)  published ports: fib daddr local [daddr H] proto dport → dnat
   postrouting (nat)        per network: saddr subnet oif != bridge masquerade; hairpin masquerade
 """
@@ -49,6 +50,7 @@ class EgressPolicy:
     mode: str = "nat"  # "nat" | "none" | "allow"
     allow: tuple[Allow, ...] = ()
     allow_private: tuple[str, ...] = ()  # CIDRs exempt from BLOCKED
+    host_ports: tuple[tuple[str, int], ...] = ()  # (proto, port) on the host, this policy only
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,13 @@ def build(rs: Ruleset) -> list[Json]:
             rules.append(("input", [_match(_meta("iifname"), _names(bridges)),
                                     _match(_meta("l4proto"), proto),
                                     _match(_dport(proto), port), ACCEPT]))
+        own_ports = {p.name: p.host_ports for p in rs.policies if p.host_ports}
+        for sb in sorted(rs.sandboxes, key=lambda s: s.sid):
+            for proto, port in sorted(set(own_ports.get(sb.policy, ()))):
+                rules.append(("input", [_match(_meta("iifname"), sb.bridge),
+                                        _match(_ip("saddr"), sb.address),
+                                        _match(_meta("l4proto"), proto),
+                                        _match(_dport(proto), port), ACCEPT]))
         rules.append(("input", [_match(_meta("iifname"), _names(bridges)), DROP]))
 
     for sb in sorted(rs.sandboxes, key=lambda s: s.sid):
