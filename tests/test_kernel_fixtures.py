@@ -69,10 +69,14 @@ def write_kernelspec(ksdir: str, name: str, profile: str, volumes: list[str] | N
                    "metadata": {"sandboxd": {"profile": profile, "volumes": volumes or []}}}, fh)
 
 
+LETTERS = {"test_kernels": "k", "test_gateway": "g", "test_notebooks": "n",
+           "test_provisioner": "p"}
+
+
 @pytest.fixture(scope="module")
-def kd() -> Iterator[Daemon]:
-    """A daemon with the kernel tests' profiles and kernelspecs."""
-    instance = other_instance("k")
+def kd(request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """A daemon with the kernel tests' profiles and kernelspecs (one instance per module)."""
+    instance = other_instance(LETTERS.get(request.module.__name__, "x"))
     ksdir = tempfile.mkdtemp(prefix=f"{PREFIX}-ks-")
     vol = tempfile.mkdtemp(prefix=f"{PREFIX}-kvol-")
     os.chmod(vol, 0o755)

@@ -164,6 +164,30 @@ PATHS: dict[str, Any] = {
     },
     "/api/whoami": {"get": _op("The caller", schema=_ref("User"), errors=("401",))},
     "/api/status": {"get": _op("Daemon status", schema=_ref("Status"), errors=("401",))},
+    "/api/kernelspecs": {"get": _op("Kernelspecs the caller may start", errors=("401",))},
+    "/api/kernelspecs/{name}": {"parameters": NAME_PARAM,
+                                "get": _op("One kernelspec", errors=("401", "404"))},
+    "/kernelspecs/{name}/{file}": {"get": {**_op("A kernelspec resource (logo)"), "parameters": [
+        *NAME_PARAM, {"name": "file", "in": "path", "required": True,
+                      "schema": {"type": "string"}}]}},
+    "/api/kernels": {
+        "get": _op("The caller's kernels", errors=("401",)),
+        "post": _op("Start a kernel in its own sandbox", "201",
+                    errors=("400", "401", "403", "404", "429", "500")),
+    },
+    "/api/kernels/{kernel_id}": {
+        "parameters": [{"name": "kernel_id", "in": "path", "required": True,
+                        "schema": {"type": "string", "format": "uuid"}}],
+        "get": _op("A kernel model"),
+        "delete": _op("Shut a kernel down and remove its sandbox", "204"),
+    },
+    "/api/kernels/{kernel_id}/interrupt": {"post": _op("SIGINT the kernel", "204",
+                                                       errors=("401", "404", "409"))},
+    "/api/kernels/{kernel_id}/restart": {"post": _op(
+        "A fresh kernel process in a fresh sandbox, same id", errors=("401", "404", "409"))},
+    "/api/kernels/{kernel_id}/channels": {"get": _op(
+        "WebSocket: Jupyter messages (legacy framing, or v1.kernel.websocket.jupyter.org)",
+        "101")},
     "/api/openapi.json": {"get": {"summary": "This document", "security": [],
                                   "responses": {"200": {"description": "OpenAPI 3"}}}},
 }
