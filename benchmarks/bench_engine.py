@@ -47,6 +47,7 @@ memory = "64g"
 cpus = 64.0
 
 [profiles.default]
+network = "none"
 memory = "64m"
 cpus = 0.5
 max_cpus = 64.0

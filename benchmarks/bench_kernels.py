@@ -52,8 +52,12 @@ class Daemon:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(self.state, "daemon.log"), "wb")  # noqa: SIM115
+        config = os.path.join(self.state, "config.toml")
+        with open(config, "w") as fh:  # kernels without a network, like the bare baseline
+            fh.write('[profiles.default]\nnetwork = "none"\n')
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "sandboxd"), "serve", "--instance", self.instance,
+             "--config", config,
              "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state + "/s"],
             stdout=self.log, stderr=subprocess.STDOUT)
         token_file = os.path.join(self.state, "s", "admin-token")

@@ -24,6 +24,7 @@ memory = "64g"
 cpus = 64.0
 
 [profiles.default]
+network = "none"
 memory = "32m"
 cpus = 0.1
 pids = 16

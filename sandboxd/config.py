@@ -37,7 +37,7 @@ swap = 0
 pids = 512
 disk = "1g"
 image = "host"
-network = "none"
+network = "bridge"          # the user's default network; "none" = loopback only
 lifetime = 0              # seconds, 0 = unlimited
 idle_timeout = 0          # seconds, 0 = never culled (kernels)
 cull_busy = false

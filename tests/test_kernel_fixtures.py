@@ -36,6 +36,7 @@ env_allow = ["ALLOWED_VAR"]
 cpus = 1.0
 memory = "512m"
 pids = 256
+network = "none"            # kernels must work without any network
 disk = "256m"
 max_cpus = 2.0
 max_memory = "2g"
@@ -52,6 +53,9 @@ cull_connected = true
 
 [profiles.small]
 memory = "160m"
+
+[profiles.net]
+network = "bridge"
 
 [quotas.default]
 max_sandboxes = 20
@@ -83,6 +87,7 @@ def kd(request: pytest.FixtureRequest) -> Iterator[Daemon]:
     write_kernelspec(ksdir, "python3-cull", "cull")
     write_kernelspec(ksdir, "python3-cullbusy", "cullbusy")
     write_kernelspec(ksdir, "python3-small", "small")
+    write_kernelspec(ksdir, "python3-net", "net")
     write_kernelspec(ksdir, "python3-vol", "default", [f"{vol}/{{user}}:/home/jovyan/work"])
     d = make_daemon(instance, config(ksdir, vol))
     d.volume_root = vol  # type: ignore[attr-defined]

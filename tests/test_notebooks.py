@@ -46,16 +46,26 @@ class TokenGatewayKernelClient(GatewayKernelClient):
         self.response_router.start()
 
 
-def run_notebook(d: Daemon, client: Client, name: str) -> str:
+class NamedGatewayKernelManager(GatewayKernelManager):
+    """Upstream's ``start_kernel`` reads the kernel name only from its keyword arguments
+    (default "python3"), which nbclient does not pass; use the manager's own name."""
+
+    async def start_kernel(self, **kwargs: object) -> None:
+        kwargs.setdefault("kernel_name", self.kernel_name)
+        await super().start_kernel(**kwargs)
+
+
+def run_notebook(d: Daemon, client: Client, name: str, kernel_name: str = "python3") -> str:
     """Execute a notebook through the gateway; the text of all its outputs."""
     gateway = GatewayClient.instance()
     gateway.url = d.url
     gateway.auth_token = client.token
     gateway.init_connection_args()
     nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
-    km = GatewayKernelManager(kernel_name="python3", client_factory=TokenGatewayKernelClient)
+    km = NamedGatewayKernelManager(kernel_name=kernel_name,
+                                   client_factory=TokenGatewayKernelClient)
     try:
-        NotebookClient(nb, km=km, timeout=120, kernel_name="python3",
+        NotebookClient(nb, km=km, timeout=120, kernel_name=kernel_name,
                        allow_errors=False).execute()
     finally:
         if km.kernel_id:
@@ -89,3 +99,17 @@ def test_quotas(kd: Daemon) -> None:  # noqa: F811
     assert used < 1.3  # profile cpus = 1.0 on a host with more than one CPU
     assert "hog exit: -9 (SIGKILL)" in out
     assert "kernel still alive: yes" in out
+
+
+def test_networks(kd: Daemon) -> None:  # noqa: F811
+    """A kernel on its user's bridge network: what it has, and what the rules refuse."""
+    out = run_notebook(kd, kd.user("nbuser"), "networks.ipynb", kernel_name="python3-net")
+    assert "interfaces: eth0 lo" in out
+    address = re.search(r"address: (10\.213\.\d+\.\d+)/24", out)
+    gateway = re.search(r"default route via (10\.213\.\d+\.\d+)", out)
+    assert address and gateway and address.group(1) != gateway.group(1)
+    assert out.count("refused:") == 3 and "ALLOWED:" not in out
+    assert "metadata 169.254.169.254:80 -> blocked" in out
+    assert "port 22 -> blocked" in out
+    assert "192.168.1.1:80 -> blocked" in out
+    assert re.search(r"own server 10\.213\.\d+\.\d+:\d+ -> reachable", out)
