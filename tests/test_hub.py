@@ -69,6 +69,9 @@ host_ports = ["tcp/{hub_port}", "tcp/{sbx_port}"]
 max_sandboxes = 12
 memory = "8g"
 cpus = 8.0
+
+[network]
+pool = "10.216.0.0/16"      # daemons sharing the test netns need pools of their own
 """
 
 HUB_CONFIG = """

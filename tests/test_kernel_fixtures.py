@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import websocket
 from conftest import PREFIX, Client, Daemon, make_daemon, other_instance, stop_daemon
+from helpers import wait_until
 
 KERNELSPEC_ARGV = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 V1 = "v1.kernel.websocket.jupyter.org"
@@ -56,6 +57,9 @@ memory = "160m"
 
 [profiles.net]
 network = "bridge"
+
+[network]
+pool = "10.215.0.0/16"      # daemons sharing the test netns need pools of their own
 
 [quotas.default]
 max_sandboxes = 20
@@ -205,10 +209,4 @@ def stdout_of(iopub: list[dict[str, Any]]) -> str:
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
+    return wait_until(predicate, timeout=timeout, interval=interval)

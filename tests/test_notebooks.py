@@ -105,11 +105,11 @@ def test_networks(kd: Daemon) -> None:  # noqa: F811
     """A kernel on its user's bridge network: what it has, and what the rules refuse."""
     out = run_notebook(kd, kd.user("nbuser"), "networks.ipynb", kernel_name="python3-net")
     assert "interfaces: eth0 lo" in out
-    address = re.search(r"address: (10\.213\.\d+\.\d+)/24", out)
-    gateway = re.search(r"default route via (10\.213\.\d+\.\d+)", out)
+    address = re.search(r"address: (10\.215\.\d+\.\d+)/24", out)
+    gateway = re.search(r"default route via (10\.215\.\d+\.\d+)", out)
     assert address and gateway and address.group(1) != gateway.group(1)
     assert out.count("refused:") == 3 and "ALLOWED:" not in out
     assert "metadata 169.254.169.254:80 -> blocked" in out
     assert "port 22 -> blocked" in out
     assert "192.168.1.1:80 -> blocked" in out
-    assert re.search(r"own server 10\.213\.\d+\.\d+:\d+ -> reachable", out)
+    assert re.search(r"own server 10\.215\.\d+\.\d+:\d+ -> reachable", out)

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import zmq
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import wire
@@ -77,7 +78,14 @@ class ClientConnection:
         stream = self.streams.get(parts.channel)
         if stream is None or self.signer is None:
             return False
-        stream.send_multipart(self.signer.to_zmq(parts), copy=False)
+        frames = self.signer.to_zmq(parts)
+        if stream.sending():  # keep order behind what the stream already queued
+            stream.send_multipart(frames, copy=False)
+            return True
+        try:  # straight onto the socket: ZMQStream would wait for the next loop turn
+            stream.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # the socket's queue is full: let the stream send it when it can
+            stream.send_multipart(frames, copy=False)
         return True
 
     # attachment -------------------------------------------------------------------------------

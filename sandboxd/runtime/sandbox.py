@@ -61,14 +61,7 @@ class LiveSandbox:
 
     def command_pid(self) -> int | None:
         """The user's command: the only child of the sandbox's init."""
-        if self.init_pid is None:
-            return None
-        try:
-            with open(f"/proc/{self.init_pid}/task/{self.init_pid}/children") as fh:
-                kids = fh.read().split()
-        except OSError:
-            return None
-        return int(kids[0]) if kids else None
+        return None if self.init_pid is None else _first_child(self.init_pid)
 
 
 class Runtime:
