@@ -41,7 +41,7 @@ test: install
 
 lint: install
 	$(PY) -m ruff check sandboxd tests benchmarks
-	$(PY) -m ruff format --check sandboxd tests benchmarks
+	$(PY) -m ruff format --check sandboxd tests benchmarks deploy
 
 bench: install
 	$(PY) benchmarks/run_all.py

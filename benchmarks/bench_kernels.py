@@ -56,10 +56,21 @@ class Daemon:
         with open(config, "w") as fh:  # kernels without a network, like the bare baseline
             fh.write('[profiles.default]\nnetwork = "none"\n')
         self.proc = subprocess.Popen(
-            [os.path.join(BIN, "sandboxd"), "serve", "--instance", self.instance,
-             "--config", config,
-             "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state + "/s"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                os.path.join(BIN, "sandboxd"),
+                "serve",
+                "--instance",
+                self.instance,
+                "--config",
+                config,
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--state-dir",
+                self.state + "/s",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         token_file = os.path.join(self.state, "s", "admin-token")
         deadline = time.monotonic() + 30
         while True:
@@ -71,8 +82,12 @@ class Daemon:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError("sandboxd did not start") from None
                 time.sleep(0.05)
-        body = requests.post(self.url + "/api/users", json={"name": "bench"}, timeout=10,
-                             headers={"Authorization": f"token {admin}"}).json()
+        body = requests.post(
+            self.url + "/api/users",
+            json={"name": "bench"},
+            timeout=10,
+            headers={"Authorization": f"token {admin}"},
+        ).json()
         self.token = body["token"]
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"token {self.token}"
@@ -80,32 +95,63 @@ class Daemon:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
-        subprocess.run([os.path.join(BIN, "sandboxd"), "cleanup", "--instance", self.instance,
-                        "--state-dir", self.state + "/s", "--purge"], capture_output=True)
+        subprocess.run(
+            [
+                os.path.join(BIN, "sandboxd"),
+                "cleanup",
+                "--instance",
+                self.instance,
+                "--state-dir",
+                self.state + "/s",
+                "--purge",
+            ],
+            capture_output=True,
+        )
         shutil.rmtree(self.state, ignore_errors=True)
 
 
 def msg(msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
-    return {"header": {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "b",
-                       "session": "b", "date": "2026-01-01T00:00:00.000000Z", "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "content": content, "channel": "shell"}
+    return {
+        "header": {
+            "msg_id": uuid.uuid4().hex,
+            "msg_type": msg_type,
+            "username": "b",
+            "session": "b",
+            "date": "2026-01-01T00:00:00.000000Z",
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": content,
+        "channel": "shell",
+    }
 
 
-EXECUTE = {"code": "pass", "silent": False, "store_history": False, "user_expressions": {},
-           "allow_stdin": False}
+EXECUTE = {
+    "code": "pass",
+    "silent": False,
+    "store_history": False,
+    "user_expressions": {},
+    "allow_stdin": False,
+}
 
 
 def ws_open(d: Daemon, kid: str) -> websocket.WebSocket:
     return websocket.create_connection(
         d.url.replace("http", "ws") + f"/api/kernels/{kid}/channels",
-        header=[f"Authorization: token {d.token}"], timeout=60)
+        header=[f"Authorization: token {d.token}"],
+        timeout=60,
+    )
 
 
 def ws_wait(ws: websocket.WebSocket, msg_id: str, msg_type: str, state: str = "") -> None:
     while True:
         got = json.loads(ws.recv())
-        if got["parent_header"].get("msg_id") == msg_id and got["msg_type"] == msg_type and \
-                (not state or got["content"].get("execution_state") == state):
+        if (
+            got["parent_header"].get("msg_id") == msg_id
+            and got["msg_type"] == msg_type
+            and (not state or got["content"].get("execution_state") == state)
+        ):
             return
 
 
@@ -135,55 +181,61 @@ def cold_bare() -> float:
     return elapsed
 
 
-def rtt_ws(ws: websocket.WebSocket, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        m = msg("execute_request", EXECUTE)
-        msg_id = m["header"]["msg_id"]
-        t0 = time.perf_counter()
-        ws.send(json.dumps(m))
-        replied = idle = False
-        while not (replied and idle):  # shell and iopub may arrive in either order
-            got = json.loads(ws.recv())
-            if got["parent_header"].get("msg_id") != msg_id:
-                continue
-            if got["msg_type"] == "execute_reply":
-                out.append(time.perf_counter() - t0)
-                replied = True
-            elif got["msg_type"] == "status" and got["content"]["execution_state"] == "idle":
-                idle = True
-    return out
+def rtt_ws(ws: websocket.WebSocket) -> float:
+    """One execute of ``pass`` through the gateway WebSocket; until its execute_reply."""
+    m = msg("execute_request", EXECUTE)
+    msg_id = m["header"]["msg_id"]
+    t0 = time.perf_counter()
+    ws.send(json.dumps(m))
+    elapsed = 0.0
+    replied = idle = False
+    while not (replied and idle):  # shell and iopub may arrive in either order
+        got = json.loads(ws.recv())
+        if got["parent_header"].get("msg_id") != msg_id:
+            continue
+        if got["msg_type"] == "execute_reply":
+            elapsed = time.perf_counter() - t0
+            replied = True
+        elif got["msg_type"] == "status" and got["content"]["execution_state"] == "idle":
+            idle = True
+    return elapsed
 
 
-def rtt_zmq(conn_file: str, host_dir: str, n: int) -> list[float]:
-    with open(conn_file) as fh:
-        info = json.load(fh)
-    session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
-    ctx = zmq.Context.instance()
-    shell = ctx.socket(zmq.DEALER)
-    shell.connect(f"ipc://{host_dir}/kernel-ipc-{info['shell_port']}")
-    iopub = ctx.socket(zmq.SUB)
-    iopub.setsockopt(zmq.SUBSCRIBE, b"")
-    iopub.connect(f"ipc://{host_dir}/kernel-ipc-{info['iopub_port']}")
-    time.sleep(0.5)
-    out = []
-    for _ in range(n):
+class DirectClient:
+    """jupyter_client's Session straight on the kernel's ipc sockets (the baseline)."""
+
+    def __init__(self, conn_file: str, host_dir: str) -> None:
+        with open(conn_file) as fh:
+            info = json.load(fh)
+        self.session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
+        ctx = zmq.Context.instance()
+        self.shell = ctx.socket(zmq.DEALER)
+        self.shell.connect(f"ipc://{host_dir}/kernel-ipc-{info['shell_port']}")
+        self.iopub = ctx.socket(zmq.SUB)
+        self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.iopub.connect(f"ipc://{host_dir}/kernel-ipc-{info['iopub_port']}")
+        time.sleep(0.5)
+
+    def rtt(self) -> float:
         t0 = time.perf_counter()
-        sent = session.send(shell, "execute_request", EXECUTE)
+        sent = self.session.send(self.shell, "execute_request", EXECUTE)
         while True:
-            _, reply = session.recv(shell, mode=0)
+            _, reply = self.session.recv(self.shell, mode=0)
             if reply["parent_header"].get("msg_id") == sent["header"]["msg_id"]:
                 break
-        out.append(time.perf_counter() - t0)
-        # (iopub is a separate socket here, so its idle can be read after the reply)
-        while True:  # untimed drain until idle
-            _, m = session.recv(iopub, mode=0)
-            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle" and \
-                    m["parent_header"].get("msg_id") == sent["header"]["msg_id"]:
-                break
-    shell.close(0)
-    iopub.close(0)
-    return out
+        elapsed = time.perf_counter() - t0
+        while True:  # untimed drain until this request's idle (iopub is a separate socket)
+            _, m = self.session.recv(self.iopub, mode=0)
+            if (
+                m["msg_type"] == "status"
+                and m["content"]["execution_state"] == "idle"
+                and m["parent_header"].get("msg_id") == sent["header"]["msg_id"]
+            ):
+                return elapsed
+
+    def close(self) -> None:
+        self.shell.close(0)
+        self.iopub.close(0)
 
 
 def main() -> int:
@@ -199,25 +251,33 @@ def main() -> int:
             bare.append(cold_bare())
             sbx.append(cold_sandboxd(d))
         mb, ms = statistics.median(bare), statistics.median(sbx)
-        print(f"cold start, median of {args.runs}: bare KernelManager {mb * 1000:.0f} ms, "
-              f"sandboxd POST->kernel_info_reply {ms * 1000:.0f} ms, ratio {ms / mb:.3f} "
-              f"(target <= 1.10)")
+        print(
+            f"cold start, median of {args.runs}: bare KernelManager {mb * 1000:.0f} ms, "
+            f"sandboxd POST->kernel_info_reply {ms * 1000:.0f} ms, ratio {ms / mb:.3f} "
+            f"(target <= 1.10)"
+        )
 
         model = d.http.post(d.url + "/api/kernels", json={"name": "python3"}, timeout=120).json()
         host_dir = f"/run/sandboxd/{d.instance}/{model['sandbox']}/kernel"
         ws = ws_open(d, model["id"])
+        direct_client = DirectClient(os.path.join(host_dir, "connection.json"), host_dir)
         try:
-            rtt_ws(ws, 20)
-            rtt_zmq(os.path.join(host_dir, "connection.json"), host_dir, 20)
-            via_ws = rtt_ws(ws, args.rtt)
-            direct = rtt_zmq(os.path.join(host_dir, "connection.json"), host_dir, args.rtt)
+            for _ in range(20):  # warm both paths
+                rtt_ws(ws), direct_client.rtt()
+            via_ws, direct = [], []
+            for _ in range(args.rtt):  # interleaved, so machine noise hits both alike
+                via_ws.append(rtt_ws(ws))
+                direct.append(direct_client.rtt())
         finally:
+            direct_client.close()
             ws.close()
             d.http.delete(d.url + f"/api/kernels/{model['id']}", timeout=60)
         mw, mz = statistics.median(via_ws), statistics.median(direct)
-        print(f"execute 'pass' round trip, median of {args.rtt}: direct ZMQ {mz * 1000:.3f} ms, "
-              f"gateway WebSocket {mw * 1000:.3f} ms, gateway adds {(mw - mz) * 1000:.3f} ms "
-              f"(target <= 1 ms), ratio {mw / mz:.2f}")
+        print(
+            f"execute 'pass' round trip, median of {args.rtt}: direct ZMQ {mz * 1000:.3f} ms, "
+            f"gateway WebSocket {mw * 1000:.3f} ms, gateway adds {(mw - mz) * 1000:.3f} ms "
+            f"(target <= 1 ms), ratio {mw / mz:.2f}"
+        )
     finally:
         d.close()
     return 0

@@ -53,8 +53,12 @@ def main() -> None:
         try:
             for n in POINTS:
                 while len(ids) < n:
-                    resp = requests.post(d.url + "/api/sandboxes", headers=headers, timeout=60,
-                                         json={"command": ["sleep", "3600"]})
+                    resp = requests.post(
+                        d.url + "/api/sandboxes",
+                        headers=headers,
+                        timeout=60,
+                        json={"command": ["sleep", "3600"]},
+                    )
                     resp.raise_for_status()
                     ids.append(resp.json()["id"])
                 samples = timed(scrape, RUNS)
@@ -63,12 +67,14 @@ def main() -> None:
                 text = scrape()
                 lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
                 per = [sum(f'sandbox="{sid}"' in ln for ln in lines) for sid in ids]
-                print(f"    series total {len(lines)}, per sandbox {statistics.median(per):.0f}, "
-                      f"page {len(text) / 1024:.1f} KiB", flush=True)
+                print(
+                    f"    series total {len(lines)}, per sandbox {statistics.median(per):.0f}, "
+                    f"page {len(text) / 1024:.1f} KiB",
+                    flush=True,
+                )
         finally:
             for sid in ids:
-                requests.delete(f"{d.url}/api/sandboxes/{sid}?force=1", headers=headers,
-                                timeout=60)
+                requests.delete(f"{d.url}/api/sandboxes/{sid}?force=1", headers=headers, timeout=60)
 
 
 if __name__ == "__main__":

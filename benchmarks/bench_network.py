@@ -24,8 +24,9 @@ RUNS = 20
 
 
 def rules(table: str) -> int:
-    out = subprocess.run(["nft", "-j", "list", "table", "inet", table], capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["nft", "-j", "list", "table", "inet", table], capture_output=True, text=True
+    ).stdout
     return sum(1 for i in json.loads(out or '{"nftables": []}')["nftables"] if "rule" in i)
 
 
@@ -35,8 +36,9 @@ def main() -> None:
 
         def create(network: str, **extra: object) -> tuple[float, str]:
             t0 = time.perf_counter()
-            resp = d.post("/api/sandboxes", {"command": ["/bin/sleep", "30"],
-                                             "network": network, **extra})
+            resp = d.post(
+                "/api/sandboxes", {"command": ["/bin/sleep", "30"], "network": network, **extra}
+            )
             took = time.perf_counter() - t0
             resp.raise_for_status()
             return took, resp.json()["id"]
@@ -53,9 +55,11 @@ def main() -> None:
                 times[network].append(took)
                 remove(sid)
         med = {k: statistics.median(v) * 1000 for k, v in times.items()}
-        print(f"create+start, median of {RUNS}:  none {med['none']:.1f} ms   "
-              f"bridge {med['bridge']:.1f} ms   added by networking "
-              f"{med['bridge'] - med['none']:.1f} ms   ratio {med['bridge'] / med['none']:.2f}")
+        print(
+            f"create+start, median of {RUNS}:  none {med['none']:.1f} ms   "
+            f"bridge {med['bridge']:.1f} ms   added by networking "
+            f"{med['bridge'] - med['none']:.1f} ms   ratio {med['bridge'] / med['none']:.2f}"
+        )
 
         base = rules(d.instance)
         _, one = create("bridge")
@@ -64,9 +68,11 @@ def main() -> None:
         with_ports = rules(d.instance)
         remove(one)
         remove(two)
-        print(f"nft rules: table with no sandbox {base}, +{with_one - base} per bridged sandbox, "
-              f"+{(with_ports - with_one - (with_one - base)) // 2} more per published port "
-              f"(prerouting + output DNAT); after removal {rules(d.instance)}")
+        print(
+            f"nft rules: table with no sandbox {base}, +{with_one - base} per bridged sandbox, "
+            f"+{(with_ports - with_one - (with_one - base)) // 2} more per published port "
+            f"(prerouting + output DNAT); after removal {rules(d.instance)}"
+        )
 
 
 if __name__ == "__main__":

@@ -94,11 +94,13 @@ def spawn_times(kind: str, runs: int, ports: dict, tmp: str, hub_token: str) -> 
     token = secrets.token_hex(16)
     cfg = os.path.join(tmp, f"hub-{kind}.py")
     with open(cfg, "w") as fh:
-        fh.write(HUB.format(kind=kind, tmp=tmp, token=token, bin=BIN, hub_token=hub_token,
-                            **ports))
-    hub = subprocess.Popen([os.path.join(BIN, "jupyterhub"), "-f", cfg], cwd=tmp,
-                           stdout=open(os.path.join(tmp, f"hub-{kind}.log"), "w"),
-                           stderr=subprocess.STDOUT)
+        fh.write(HUB.format(kind=kind, tmp=tmp, token=token, bin=BIN, hub_token=hub_token, **ports))
+    hub = subprocess.Popen(
+        [os.path.join(BIN, "jupyterhub"), "-f", cfg],
+        cwd=tmp,
+        stdout=open(os.path.join(tmp, f"hub-{kind}.log"), "w"),
+        stderr=subprocess.STDOUT,
+    )
     api = f"http://127.0.0.1:{ports['proxy_port']}/hub/api"
     http = requests.Session()
     http.headers["Authorization"] = f"token {token}"
@@ -147,30 +149,60 @@ def main() -> None:
         fh.write(DAEMON.format(volroot=volroot, **ports))
     state = os.path.join(tmp, "state")
     daemon = subprocess.Popen(
-        [SANDBOXD, "serve", "--config", os.path.join(tmp, "sandboxd.toml"), "--instance",
-         instance, "--listen", f"0.0.0.0:{ports['sbx_port']}", "--state-dir", state],
-        stdout=open(os.path.join(tmp, "sandboxd.log"), "w"), stderr=subprocess.STDOUT)
+        [
+            SANDBOXD,
+            "serve",
+            "--config",
+            os.path.join(tmp, "sandboxd.toml"),
+            "--instance",
+            instance,
+            "--listen",
+            f"0.0.0.0:{ports['sbx_port']}",
+            "--state-dir",
+            state,
+        ],
+        stdout=open(os.path.join(tmp, "sandboxd.log"), "w"),
+        stderr=subprocess.STDOUT,
+    )
     proxy = None
     try:
         url = f"http://127.0.0.1:{ports['sbx_port']}"
         wait_http(url + "/api/openapi.json", daemon, "sandboxd")
         with open(os.path.join(state, "admin-token")) as fh:
             admin = fh.read().strip()
-        hub_token = requests.post(url + "/api/users", json={"name": "hub", "service": True},
-                                  headers={"Authorization": f"token {admin}"},
-                                  timeout=30).json()["token"]
+        hub_token = requests.post(
+            url + "/api/users",
+            json={"name": "hub", "service": True},
+            headers={"Authorization": f"token {admin}"},
+            timeout=30,
+        ).json()["token"]
         proxy = subprocess.Popen(
-            [CHP, "--ip", "127.0.0.1", "--port", str(ports["proxy_port"]), "--api-ip",
-             "127.0.0.1", "--api-port", str(ports["proxy_api_port"]), "--default-target",
-             f"http://127.0.0.1:{ports['hub_port']}"],
+            [
+                CHP,
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(ports["proxy_port"]),
+                "--api-ip",
+                "127.0.0.1",
+                "--api-port",
+                str(ports["proxy_api_port"]),
+                "--default-target",
+                f"http://127.0.0.1:{ports['hub_port']}",
+            ],
             env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": ports["proxy_token"]},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        results = {kind: spawn_times(kind, runs, ports, tmp, hub_token)
-                   for kind in ("simple", "sandboxd")}
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        results = {
+            kind: spawn_times(kind, runs, ports, tmp, hub_token) for kind in ("simple", "sandboxd")
+        }
         base = statistics.median(results["simple"])
         print(f"spawn time, Hub API request to server ready, median of {runs} (2-core VM):")
-        for kind, label in (("simple", "LocalProcessSpawner (simple)"),
-                            ("sandboxd", "SandboxSpawner")):
+        for kind, label in (
+            ("simple", "LocalProcessSpawner (simple)"),
+            ("sandboxd", "SandboxSpawner"),
+        ):
             med = statistics.median(results[kind])
             runs_ms = ", ".join(f"{t * 1000:.0f}" for t in results[kind])
             print(f"  {label:30s} {med * 1000:7.0f} ms  x{med / base:4.2f}   [{runs_ms}] ms")
@@ -180,8 +212,10 @@ def main() -> None:
             proxy.wait(timeout=30)
         daemon.terminate()
         daemon.wait(timeout=30)
-        subprocess.run([SANDBOXD, "cleanup", "--instance", instance, "--state-dir", state,
-                        "--purge"], capture_output=True)
+        subprocess.run(
+            [SANDBOXD, "cleanup", "--instance", instance, "--state-dir", state, "--purge"],
+            capture_output=True,
+        )
         subprocess.run(["ip", "netns", "delete", f"{instance}-ns"], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 

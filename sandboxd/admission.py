@@ -25,9 +25,29 @@ NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 USER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KNOWN_FIELDS = {
-    "name", "command", "profile", "cpus", "memory", "swap", "pids", "disk", "device_read_bps",
-    "device_write_bps", "device_read_iops", "device_write_iops", "volumes", "env", "workdir",
-    "stdin", "auto_remove", "user", "network", "labels", "kind", "image", "ports",
+    "name",
+    "command",
+    "profile",
+    "cpus",
+    "memory",
+    "swap",
+    "pids",
+    "disk",
+    "device_read_bps",
+    "device_write_bps",
+    "device_read_iops",
+    "device_write_iops",
+    "volumes",
+    "env",
+    "workdir",
+    "stdin",
+    "auto_remove",
+    "user",
+    "network",
+    "labels",
+    "kind",
+    "image",
+    "ports",
 }
 MAX_COMMAND_BYTES = 128 * 1024
 
@@ -48,8 +68,12 @@ class Usage:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"sandboxes": self.sandboxes, "kernels": self.by_kind.get("kernel", 0),
-                "memory": self.memory, "cpus": round(self.cpus, 3)}
+        return {
+            "sandboxes": self.sandboxes,
+            "kernels": self.by_kind.get("kernel", 0),
+            "memory": self.memory,
+            "cpus": round(self.cpus, 3),
+        }
 
 
 def _str(body: dict[str, Any], key: str, default: str) -> str:
@@ -155,9 +179,15 @@ def limits_for(body: dict[str, Any], profile: Profile) -> Limits:
         if value > most:
             raise QuotaExceeded(
                 f"{key} {show(value)} is above the maximum of profile {profile.name!r} "
-                f"({show(most)})", reason="profile-limit")
+                f"({show(most)})",
+                reason="profile-limit",
+            )
     return Limits(
-        cpus=cpus, memory=memory, swap=swap, pids=pids, disk=disk,
+        cpus=cpus,
+        memory=memory,
+        swap=swap,
+        pids=pids,
+        disk=disk,
         io_read_bps=device_rates(body.get("device_read_bps"), "device_read_bps", True),
         io_write_bps=device_rates(body.get("device_write_bps"), "device_write_bps", True),
         io_read_iops=device_rates(body.get("device_read_iops"), "device_read_iops", False),
@@ -165,35 +195,42 @@ def limits_for(body: dict[str, Any], profile: Profile) -> Limits:
     )
 
 
-def check_quota(user: str, quota: Quota, usage: Usage, limits: Limits,
-                kind: str = "sandbox") -> None:
+def check_quota(
+    user: str, quota: Quota, usage: Usage, limits: Limits, kind: str = "sandbox"
+) -> None:
     """Refuse with 429 if one more sandbox of ``limits`` would put ``user`` over ``quota``."""
     kernels = usage.by_kind.get("kernel", 0)
     if kind == "kernel" and kernels + 1 > quota.max_kernels:
         raise QuotaExceeded(
             f"user {user} already has {kernels} of {quota.max_kernels} kernels",
-            reason="max-kernels")
+            reason="max-kernels",
+        )
     if usage.sandboxes + 1 > quota.max_sandboxes:
         raise QuotaExceeded(
             f"user {user} already has {usage.sandboxes} of {quota.max_sandboxes} sandboxes",
-            reason="max-sandboxes")
+            reason="max-sandboxes",
+        )
     if usage.memory + (limits.memory or 0) > quota.memory:
         raise QuotaExceeded(
             f"memory quota of user {user} exceeded: {format_size(usage.memory)} in use + "
             f"{format_size(limits.memory or 0)} requested > {format_size(quota.memory)}",
-            reason="memory-quota")
+            reason="memory-quota",
+        )
     if usage.cpus + (limits.cpus or 0) > quota.cpus + 1e-9:
         raise QuotaExceeded(
             f"cpu quota of user {user} exceeded: {usage.cpus:g} in use + {limits.cpus:g} "
-            f"requested > {quota.cpus:g}", reason="cpu-quota")
+            f"requested > {quota.cpus:g}",
+            reason="cpu-quota",
+        )
 
 
 def new_id() -> str:
     return secrets.token_hex(8)
 
 
-def build_spec(body: Any, owner: User, config: Config, *, kind: str = "sandbox",
-               sid: str | None = None) -> SandboxSpec:
+def build_spec(
+    body: Any, owner: User, config: Config, *, kind: str = "sandbox", sid: str | None = None
+) -> SandboxSpec:
     """Validate a create request for ``owner`` (the user the sandbox will belong to)."""
     if not isinstance(body, dict):
         raise InvalidRequest("expected a JSON object")
@@ -203,8 +240,9 @@ def build_spec(body: Any, owner: User, config: Config, *, kind: str = "sandbox",
     profile = config.profile(_str(body, "profile", "default"))
     allowed = config.user_profiles.get(owner.name)
     if allowed is not None and profile.name not in allowed and not owner.admin:
-        raise Forbidden(f"user {owner.name} may not use profile {profile.name!r}",
-                        reason="profile-denied")
+        raise Forbidden(
+            f"user {owner.name} may not use profile {profile.name!r}", reason="profile-denied"
+        )
     sid = sid or new_id()
     name = _str(body, "name", "") or f"sbx-{sid[:8]}"
     if not NAME.fullmatch(name):
@@ -227,12 +265,23 @@ def build_spec(body: Any, owner: User, config: Config, *, kind: str = "sandbox",
             raise InvalidRequest(f"{key}: expected true or false")
     image = _str(body, "image", profile.image)
     return SandboxSpec(
-        id=sid, name=name, user=owner.name, uid=owner.uid, command=_command(body), kind=kind,
-        profile=profile.name, image=image, limits=limits_for(body, profile), env=_env(body),
+        id=sid,
+        name=name,
+        user=owner.name,
+        uid=owner.uid,
+        command=_command(body),
+        kind=kind,
+        profile=profile.name,
+        image=image,
+        limits=limits_for(body, profile),
+        env=_env(body),
         workdir=workdir,
         volumes=tuple(resolve_volume(v, config.volume_roots) for v in volumes),
-        network=network, stdin=body.get("stdin", False),
-        auto_remove=body.get("auto_remove", False), seccomp_profile=profile.seccomp_profile,
-        lifetime=profile.lifetime or None, labels=tuple(sorted(labels.items())),
+        network=network,
+        stdin=body.get("stdin", False),
+        auto_remove=body.get("auto_remove", False),
+        seccomp_profile=profile.seccomp_profile,
+        lifetime=profile.lifetime or None,
+        labels=tuple(sorted(labels.items())),
         ports=ports,
     )

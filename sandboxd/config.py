@@ -72,16 +72,49 @@ cpus = 8.0
 """
 
 _PROFILE_KEYS = {
-    "cpus", "memory", "swap", "pids", "disk", "image", "network", "lifetime", "idle_timeout",
-    "cull_busy", "cull_connected", "max_cpus", "max_memory", "max_pids", "max_disk",
-    "allow_host_network", "seccomp_profile", "description",
-    "egress", "egress_allow", "egress_allow_private", "host_ports",
+    "cpus",
+    "memory",
+    "swap",
+    "pids",
+    "disk",
+    "image",
+    "network",
+    "lifetime",
+    "idle_timeout",
+    "cull_busy",
+    "cull_connected",
+    "max_cpus",
+    "max_memory",
+    "max_pids",
+    "max_disk",
+    "allow_host_network",
+    "seccomp_profile",
+    "description",
+    "egress",
+    "egress_allow",
+    "egress_allow_private",
+    "host_ports",
 }
 _QUOTA_KEYS = {"max_sandboxes", "max_kernels", "memory", "cpus"}
 _TOP_KEYS = {
-    "instance", "listen", "state_dir", "run_dir", "tenant_uid_base", "tenant_uid_count",
-    "log_max_bytes", "stop_grace_seconds", "volume_roots", "metrics_token", "metrics_public",
-    "profiles", "quotas", "users", "groups", "env_allow", "kernelspec_dirs", "network",
+    "instance",
+    "listen",
+    "state_dir",
+    "run_dir",
+    "tenant_uid_base",
+    "tenant_uid_count",
+    "log_max_bytes",
+    "stop_grace_seconds",
+    "volume_roots",
+    "metrics_token",
+    "metrics_public",
+    "profiles",
+    "quotas",
+    "users",
+    "groups",
+    "env_allow",
+    "kernelspec_dirs",
+    "network",
 }
 
 
@@ -121,8 +154,12 @@ class Quota:
     max_kernels: int = 10
 
     def to_json(self) -> dict[str, Any]:
-        return {"max_sandboxes": self.max_sandboxes, "max_kernels": self.max_kernels,
-                "memory": self.memory, "cpus": self.cpus}
+        return {
+            "max_sandboxes": self.max_sandboxes,
+            "max_kernels": self.max_kernels,
+            "memory": self.memory,
+            "cpus": self.cpus,
+        }
 
 
 @dataclass(frozen=True)
@@ -169,8 +206,9 @@ class Config:
         """Per-user quota, else the largest of the user's groups', else the default."""
         if user in self.user_quotas:
             return self.user_quotas[user]
-        groups = [self.group_quotas[g] for g in self.user_groups.get(user, ())
-                  if g in self.group_quotas]
+        groups = [
+            self.group_quotas[g] for g in self.user_groups.get(user, ()) if g in self.group_quotas
+        ]
         if groups:
             return max(groups, key=lambda q: (q.memory, q.cpus, q.max_sandboxes))
         return self.default_quota
@@ -227,8 +265,12 @@ def _profile(name: str, raw: dict[str, Any], base: dict[str, Any]) -> Profile:
     disk, max_disk = _size(table, "disk", where), _size(table, "max_disk", where)
     if memory < 4 * 1024 * 1024:
         raise _bad(f"{where}.memory", "must be at least 4m")
-    for key, value, most in (("cpus", cpus, max_cpus), ("memory", memory, max_memory),
-                             ("pids", pids, max_pids), ("disk", disk, max_disk)):
+    for key, value, most in (
+        ("cpus", cpus, max_cpus),
+        ("memory", memory, max_memory),
+        ("pids", pids, max_pids),
+        ("disk", disk, max_disk),
+    ):
         if value > most:
             raise _bad(f"{where}.{key}", f"default {value} is above max_{key} {most}")
     if pids < 8:
@@ -241,14 +283,25 @@ def _profile(name: str, raw: dict[str, Any], base: dict[str, Any]) -> Profile:
     if lifetime < 0 or idle < 0:
         raise _bad(f"{where}.lifetime", "must not be negative")
     return Profile(
-        name=name, cpus=cpus, memory=memory, swap=_size(table, "swap", where), pids=pids,
-        disk=disk, image=_typed(table, "image", where, str),
-        network=_typed(table, "network", where, str), lifetime=lifetime, idle_timeout=idle,
+        name=name,
+        cpus=cpus,
+        memory=memory,
+        swap=_size(table, "swap", where),
+        pids=pids,
+        disk=disk,
+        image=_typed(table, "image", where, str),
+        network=_typed(table, "network", where, str),
+        lifetime=lifetime,
+        idle_timeout=idle,
         cull_busy=_typed(table, "cull_busy", where, bool),
         cull_connected=_typed(table, "cull_connected", where, bool),
-        max_cpus=max_cpus, max_memory=max_memory, max_pids=max_pids, max_disk=max_disk,
+        max_cpus=max_cpus,
+        max_memory=max_memory,
+        max_pids=max_pids,
+        max_disk=max_disk,
         allow_host_network=_typed(table, "allow_host_network", where, bool),
-        seccomp_profile=seccomp or None, description=str(table.get("description", "")),
+        seccomp_profile=seccomp or None,
+        description=str(table.get("description", "")),
         egress=parse_egress(table, where),
     )
 
@@ -271,8 +324,12 @@ def parse_quota(raw: dict[str, Any], where: str, base: Quota | None = None) -> Q
     max_kernels = _typed(merged, "max_kernels", where, int)
     if max_kernels < 0:
         raise _bad(f"{where}.max_kernels", "must not be negative")
-    return Quota(max_sandboxes=max_sandboxes, memory=_size(merged, "memory", where),
-                 cpus=_positive(cpus, f"{where}.cpus"), max_kernels=max_kernels)
+    return Quota(
+        max_sandboxes=max_sandboxes,
+        memory=_size(merged, "memory", where),
+        cpus=_positive(cpus, f"{where}.cpus"),
+        max_kernels=max_kernels,
+    )
 
 
 def _user_tables(data: dict[str, Any], default_quota: Quota):
@@ -332,7 +389,8 @@ def build(data: dict[str, Any], source: str = "<embedded>") -> Config:
     quotas = _user_tables(data, default_quota)
     kernelspec_dirs = data.get("kernelspec_dirs", [])
     if not isinstance(kernelspec_dirs, list) or not all(
-            isinstance(d, str) and os.path.isabs(d) for d in kernelspec_dirs):
+        isinstance(d, str) and os.path.isabs(d) for d in kernelspec_dirs
+    ):
         raise _bad("kernelspec_dirs", "expected a list of absolute paths")
     return Config(
         instance=instance,

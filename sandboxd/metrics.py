@@ -64,8 +64,15 @@ START_OUTCOMES = ("success", "failure")
 EXIT_OUTCOMES = ("success", "error", "oom_killed")
 KERNEL_EVENTS = ("start", "stop", "cull", "failure")
 #: Refusal reasons raised by admission (``QuotaExceeded``/``Forbidden``), pre-created per user.
-REFUSAL_REASONS = ("max-sandboxes", "max-kernels", "memory-quota", "cpu-quota", "profile-limit",
-                   "profile-denied", "host-network")
+REFUSAL_REASONS = (
+    "max-sandboxes",
+    "max-kernels",
+    "memory-quota",
+    "cpu-quota",
+    "profile-limit",
+    "profile-denied",
+    "host-network",
+)
 #: 10 ms .. 60 s: a cold bwrap start is ~20 ms, a kernel with imports a few seconds.
 START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -76,27 +83,45 @@ REGISTRY.register(ProcessCollector(registry=None))
 START_DURATION = Histogram(
     "sandboxd_sandbox_start_duration_seconds",
     "Time from admission to a running sandbox, by kind and outcome (success|failure).",
-    ["kind", "outcome"], buckets=START_BUCKETS, registry=REGISTRY)
+    ["kind", "outcome"],
+    buckets=START_BUCKETS,
+    registry=REGISTRY,
+)
 EXITS = Counter(
     "sandboxd_sandbox_exits_total",
     "Sandboxes that ended, by kind and outcome (success = exit 0, oom_killed, error).",
-    ["kind", "outcome"], registry=REGISTRY)
-KERNEL_STARTS = Counter("sandboxd_kernel_starts_total", "Kernels started and ready.",
-                        registry=REGISTRY)
-KERNEL_STOPS = Counter("sandboxd_kernel_stops_total", "Kernels shut down on request.",
-                       registry=REGISTRY)
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
+KERNEL_STARTS = Counter(
+    "sandboxd_kernel_starts_total", "Kernels started and ready.", registry=REGISTRY
+)
+KERNEL_STOPS = Counter(
+    "sandboxd_kernel_stops_total", "Kernels shut down on request.", registry=REGISTRY
+)
 KERNEL_CULLS = Counter("sandboxd_kernel_culls_total", "Idle kernels culled.", registry=REGISTRY)
-KERNEL_FAILURES = Counter("sandboxd_kernel_failures_total",
-                          "Kernels that failed to start or died unexpectedly.", registry=REGISTRY)
+KERNEL_FAILURES = Counter(
+    "sandboxd_kernel_failures_total",
+    "Kernels that failed to start or died unexpectedly.",
+    registry=REGISTRY,
+)
 REQUEST_DURATION = Histogram(
     "sandboxd_http_request_duration_seconds",
     "API request duration by handler class (not URL, to bound cardinality), method and code.",
-    ["handler", "method", "code"], buckets=REQUEST_BUCKETS, registry=REGISTRY)
-WEBSOCKETS = Gauge("sandboxd_websocket_connections", "WebSocket connections open, by handler.",
-                   ["handler"], registry=REGISTRY)
+    ["handler", "method", "code"],
+    buckets=REQUEST_BUCKETS,
+    registry=REGISTRY,
+)
+WEBSOCKETS = Gauge(
+    "sandboxd_websocket_connections",
+    "WebSocket connections open, by handler.",
+    ["handler"],
+    registry=REGISTRY,
+)
 
-_KERNEL_COUNTERS = dict(zip(KERNEL_EVENTS, (KERNEL_STARTS, KERNEL_STOPS, KERNEL_CULLS,
-                                            KERNEL_FAILURES), strict=True))
+_KERNEL_COUNTERS = dict(
+    zip(KERNEL_EVENTS, (KERNEL_STARTS, KERNEL_STOPS, KERNEL_CULLS, KERNEL_FAILURES), strict=True)
+)
 for _kind in KINDS:
     for _outcome in START_OUTCOMES:
         START_DURATION.labels(_kind, _outcome)
@@ -139,8 +164,9 @@ def sandbox_exited(sbx: Sandboxd, spec: SandboxSpec, result: Exit) -> None:
 
 def observe_request(handler: Any) -> None:
     """Tornado ``log_function`` hook: one observation per finished request."""
-    REQUEST_DURATION.labels(type(handler).__name__, handler.request.method,
-                            str(handler.get_status())).observe(handler.request.request_time())
+    REQUEST_DURATION.labels(
+        type(handler).__name__, handler.request.method, str(handler.get_status())
+    ).observe(handler.request.request_time())
 
 
 class TrackedWebSocket:
@@ -169,8 +195,11 @@ def instrument_routes(routes: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
     out: list[tuple[str, Any]] = []
     for pattern, handler, *rest in routes:
-        if isinstance(handler, type) and issubclass(handler, WebSocketHandler) and not issubclass(
-                handler, TrackedWebSocket):
+        if (
+            isinstance(handler, type)
+            and issubclass(handler, WebSocketHandler)
+            and not issubclass(handler, TrackedWebSocket)
+        ):
             WEBSOCKETS.labels(handler.__name__)
             handler = type(handler.__name__, (TrackedWebSocket, handler), {})
         out.append((pattern, handler, *rest))
@@ -189,8 +218,7 @@ SANDBOX_FAMILIES: tuple[tuple[str, str, str, bool], ...] = (
     ("cpu_cfs_throttled_seconds", "cpu_throttled_seconds", "Time throttled by CFS.", True),
     ("memory_usage_bytes", "memory_usage", "Memory usage, including page cache.", False),
     ("memory_max_usage_bytes", "memory_peak", "Peak memory usage.", False),
-    ("memory_working_set_bytes", "memory_working_set", "Usage minus inactive file cache.",
-     False),
+    ("memory_working_set_bytes", "memory_working_set", "Usage minus inactive file cache.", False),
     ("memory_rss_bytes", "memory_rss", "Anonymous memory (RSS).", False),
     ("memory_cache_bytes", "memory_cache", "Page cache (file-backed and tmpfs) memory.", False),
     ("memory_swap_bytes", "memory_swap", "Swap used.", False),
@@ -239,30 +267,50 @@ class DaemonCollector:
 
     def collect(self) -> Iterator[Metric]:
         sbx = self.sbx
-        records = [r for r in sbx.store.list_sandboxes(states=("running",))
-                   if r.id in sbx.runtime.live]
+        records = [
+            r for r in sbx.store.list_sandboxes(states=("running",)) if r.id in sbx.runtime.live
+        ]
         stats = {r.id: self.sbx.raw_stats(r) for r in records}
         yield from self._sandboxes(records, stats)
         yield from self._users(records, stats)
         build = GaugeMetricFamily(
-            "sandboxd_build_info", "Build and host facts of this daemon; always 1.",
-            labels=["version", "python_version", "instance", "cgroup_version"])
-        build.add_metric([__version__, platform.python_version(), sbx.config.instance,
-                          str(sbx.runtime.cgroups.version)], 1)
+            "sandboxd_build_info",
+            "Build and host facts of this daemon; always 1.",
+            labels=["version", "python_version", "instance", "cgroup_version"],
+        )
+        build.add_metric(
+            [
+                __version__,
+                platform.python_version(),
+                sbx.config.instance,
+                str(sbx.runtime.cgroups.version),
+            ],
+            1,
+        )
         yield build
-        yield GaugeMetricFamily("sandboxd_start_time_seconds", "When the daemon started.",
-                                value=sbx.started_at)
+        yield GaugeMetricFamily(
+            "sandboxd_start_time_seconds", "When the daemon started.", value=sbx.started_at
+        )
 
     def _sandboxes(self, records: list[Any], all_stats: dict[str, Any]) -> Iterator[Metric]:
-        fams = {field: (_family(f"sandbox_{name}", doc, ["sandbox"], counter))
-                for name, field, doc, counter in SANDBOX_FAMILIES}
-        net = {key: _family(f"sandbox_{name}", doc, ["sandbox"], True)
-               for name, key, doc in NETWORK_FAMILIES}
-        info = GaugeMetricFamily("sandboxd_sandbox_info",
-                                 "Descriptive labels of a live sandbox, for joins; always 1.",
-                                 labels=list(INFO_LABELS))
-        started = GaugeMetricFamily("sandboxd_sandbox_start_time_seconds",
-                                    "Unix time the sandbox started.", labels=["sandbox"])
+        fams = {
+            field: (_family(f"sandbox_{name}", doc, ["sandbox"], counter))
+            for name, field, doc, counter in SANDBOX_FAMILIES
+        }
+        net = {
+            key: _family(f"sandbox_{name}", doc, ["sandbox"], True)
+            for name, key, doc in NETWORK_FAMILIES
+        }
+        info = GaugeMetricFamily(
+            "sandboxd_sandbox_info",
+            "Descriptive labels of a live sandbox, for joins; always 1.",
+            labels=list(INFO_LABELS),
+        )
+        started = GaugeMetricFamily(
+            "sandboxd_sandbox_start_time_seconds",
+            "Unix time the sandbox started.",
+            labels=["sandbox"],
+        )
         seen_net: set[str] = set()
         for rec in records:
             stats = all_stats.get(rec.id)
@@ -279,8 +327,18 @@ class DaemonCollector:
                     seen_net.add(key)
             spec = rec.spec
             labels = dict(spec.get("labels", ()))
-            info.add_metric([rec.id, rec.name, rec.user, rec.kind, spec.get("profile", ""),
-                             spec.get("image", ""), labels.get("kernel_name", "")], 1)
+            info.add_metric(
+                [
+                    rec.id,
+                    rec.name,
+                    rec.user,
+                    rec.kind,
+                    spec.get("profile", ""),
+                    spec.get("image", ""),
+                    labels.get("kernel_name", ""),
+                ],
+                1,
+            )
             started.add_metric([rec.id], rec.started or rec.created)
         yield info
         yield started
@@ -290,26 +348,37 @@ class DaemonCollector:
     def _users(self, records: list[Any], stats: dict[str, Any]) -> Iterator[Metric]:
         sbx = self.sbx
         users = [u.name for u in sbx.store.list_users()]
-        running = GaugeMetricFamily("sandboxd_user_sandboxes", "Running sandboxes, by kind.",
-                                    labels=["user", "kind"])
-        quota = {key: GaugeMetricFamily(f"sandboxd_user_quota_{key}", doc, labels=["user"])
-                 for key, doc in (
-                     ("sandboxes", "Most sandboxes the user may run at once."),
-                     ("kernels", "Most kernels the user may run at once."),
-                     ("memory_bytes", "Memory quota: sum of the user's sandbox memory limits."),
-                     ("cpus", "CPU quota in cores: sum of the user's sandbox CPU limits."))}
-        used = {key: GaugeMetricFamily(f"sandboxd_user_quota_used_{key}", doc, labels=["user"])
-                for key, doc in (
-                    ("sandboxes", "Sandboxes counted against the quota (running + starting)."),
-                    ("kernels", "Kernels counted against the quota."),
-                    ("memory_bytes", "Memory limits counted against the quota."),
-                    ("cpus", "CPU limits (cores) counted against the quota."))}
-        refusals = CounterMetricFamily("sandboxd_user_admission_refusals",
-                                       "Create requests refused by admission, by reason.",
-                                       labels=["user", "reason"])
-        ooms = CounterMetricFamily("sandboxd_user_oom_kills",
-                                   "OOM kills in the user's sandboxes, live and ended.",
-                                   labels=["user"])
+        running = GaugeMetricFamily(
+            "sandboxd_user_sandboxes", "Running sandboxes, by kind.", labels=["user", "kind"]
+        )
+        quota = {
+            key: GaugeMetricFamily(f"sandboxd_user_quota_{key}", doc, labels=["user"])
+            for key, doc in (
+                ("sandboxes", "Most sandboxes the user may run at once."),
+                ("kernels", "Most kernels the user may run at once."),
+                ("memory_bytes", "Memory quota: sum of the user's sandbox memory limits."),
+                ("cpus", "CPU quota in cores: sum of the user's sandbox CPU limits."),
+            )
+        }
+        used = {
+            key: GaugeMetricFamily(f"sandboxd_user_quota_used_{key}", doc, labels=["user"])
+            for key, doc in (
+                ("sandboxes", "Sandboxes counted against the quota (running + starting)."),
+                ("kernels", "Kernels counted against the quota."),
+                ("memory_bytes", "Memory limits counted against the quota."),
+                ("cpus", "CPU limits (cores) counted against the quota."),
+            )
+        }
+        refusals = CounterMetricFamily(
+            "sandboxd_user_admission_refusals",
+            "Create requests refused by admission, by reason.",
+            labels=["user", "reason"],
+        )
+        ooms = CounterMetricFamily(
+            "sandboxd_user_oom_kills",
+            "OOM kills in the user's sandboxes, live and ended.",
+            labels=["user"],
+        )
         live_ooms: dict[str, int] = defaultdict(int)
         by_user: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(KINDS, 0))
         for rec in records:
@@ -320,11 +389,12 @@ class DaemonCollector:
                 running.add_metric([user, kind], count)
             limit, _ = sbx.quota_for(user)
             usage = sbx.usage(user)
-            for key, lim, use in (("sandboxes", limit.max_sandboxes, usage.sandboxes),
-                                  ("kernels", getattr(limit, "max_kernels", 0),
-                                   usage.by_kind.get("kernel", 0)),
-                                  ("memory_bytes", limit.memory, usage.memory),
-                                  ("cpus", limit.cpus, usage.cpus)):
+            for key, lim, use in (
+                ("sandboxes", limit.max_sandboxes, usage.sandboxes),
+                ("kernels", getattr(limit, "max_kernels", 0), usage.by_kind.get("kernel", 0)),
+                ("memory_bytes", limit.memory, usage.memory),
+                ("cpus", limit.cpus, usage.cpus),
+            ):
                 if lim:
                     quota[key].add_metric([user], lim)
                 used[key].add_metric([user], use)

@@ -41,10 +41,14 @@ class Sandboxd:
     def __init__(self, config: Config) -> None:
         self.config = config
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-        self.store = Store(os.path.join(config.state_dir, "state.db"), config.tenant_uid_base,
-                           config.tenant_uid_count)
-        self.runtime = Runtime(instance=config.instance, run_dir=config.run_dir,
-                               state_dir=config.state_dir)
+        self.store = Store(
+            os.path.join(config.state_dir, "state.db"),
+            config.tenant_uid_base,
+            config.tenant_uid_count,
+        )
+        self.runtime = Runtime(
+            instance=config.instance, run_dir=config.run_dir, state_dir=config.state_dir
+        )
         self.networks = NetworkManager(lambda: self.config, self.store.db)
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -121,7 +125,8 @@ class Sandboxd:
             if lifetime and now - live.started > lifetime and not live.stopping:
                 log.info("%s reached its lifetime of %ss", live.spec.id, lifetime)
                 asyncio.get_running_loop().create_task(
-                    self.runtime.stop(live, self.config.stop_grace_seconds))
+                    self.runtime.stop(live, self.config.stop_grace_seconds)
+                )
 
     # users -------------------------------------------------------------------------------------
 
@@ -132,7 +137,7 @@ class Sandboxd:
         if not actor.service:
             _require_admin(actor)
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            raise InvalidRequest("expected {\"name\": ...}")
+            raise InvalidRequest('expected {"name": ...}')
         name = body["name"]
         if not admission.USER_NAME.fullmatch(name):
             raise InvalidRequest(f"name: {name!r} must match {admission.USER_NAME.pattern}")
@@ -141,8 +146,9 @@ class Sandboxd:
                 raise InvalidRequest(f"{key}: expected true or false")
             if body.get(key) and not actor.admin:
                 raise Forbidden(f"only an admin may create {key} users", reason="not-admin")
-        user = self.store.add_user(name, admin=body.get("admin", False),
-                                   service=body.get("service", False))
+        user = self.store.add_user(
+            name, admin=body.get("admin", False), service=body.get("service", False)
+        )
         token = self.store.new_token(name)
         self.store.audit(actor.name, "user-add", name)
         return {**user.to_json(), "token": token}
@@ -194,8 +200,12 @@ class Sandboxd:
             raise NotFound(f"no user {name!r}", reason="unknown-user")
         self.store.get_user(name)
         quota, source = self.quota_for(name)
-        return {"user": name, "quota": quota.to_json(), "usage": self.usage(name).to_json(),
-                "source": source}
+        return {
+            "user": name,
+            "quota": quota.to_json(),
+            "usage": self.usage(name).to_json(),
+            "source": source,
+        }
 
     def set_quota(self, actor: User, name: str, body: Any) -> dict[str, Any]:
         _require_admin(actor)
@@ -227,14 +237,24 @@ class Sandboxd:
             raise InvalidRequest("user: expected a user name")
         target = self.store.get_user(wanted)
         if not acts_for(actor, target):  # type: ignore[arg-type]
-            raise Forbidden("only an admin (or a service, for plain users) may create "
-                            "sandboxes for another user", reason="not-admin")
+            raise Forbidden(
+                "only an admin (or a service, for plain users) may create "
+                "sandboxes for another user",
+                reason="not-admin",
+            )
         return target  # type: ignore[return-value]
 
-    async def create(self, actor: User, body: Any, *, kind: str = "sandbox",
-                     owner: User | None = None, sid: str | None = None,
-                     extra_dirs: tuple[str, ...] = (),
-                     prepare: Any = None) -> tuple[SandboxRecord, LiveSandbox]:
+    async def create(
+        self,
+        actor: User,
+        body: Any,
+        *,
+        kind: str = "sandbox",
+        owner: User | None = None,
+        sid: str | None = None,
+        extra_dirs: tuple[str, ...] = (),
+        prepare: Any = None,
+    ) -> tuple[SandboxRecord, LiveSandbox]:
         """Admit, record, build and start a sandbox; nothing is left behind if it fails."""
         owner = owner or self.owner_for(actor, body)
         try:
@@ -248,19 +268,35 @@ class Sandboxd:
         # with no await between them, so concurrent starts cannot overshoot a quota
         now = time.time()
         rec = SandboxRecord(
-            id=spec.id, name=spec.name, user=owner.name, kind=kind, state="created",
-            spec=spec.to_json(), pid=None, created=now, started=None, finished=None,
-            exit_code=None, oom_killed=False, reason="")
+            id=spec.id,
+            name=spec.name,
+            user=owner.name,
+            kind=kind,
+            state="created",
+            spec=spec.to_json(),
+            pid=None,
+            created=now,
+            started=None,
+            finished=None,
+            exit_code=None,
+            oom_killed=False,
+            reason="",
+        )
         self.store.insert_sandbox(rec)
         began = time.monotonic()
         try:
             attached = self.networks.attach(spec, self._find_running)
-            spec = dataclasses.replace(spec, etc_hosts=attached.etc_hosts,
-                                       etc_resolv=attached.etc_resolv)
+            spec = dataclasses.replace(
+                spec, etc_hosts=attached.etc_hosts, etc_resolv=attached.etc_resolv
+            )
             self.store.update_sandbox(spec.id, spec=json.dumps(spec.to_json()))
-            live = await self.runtime.start(spec, user_limits=_user_limits(quota),
-                                            extra_dirs=extra_dirs, prepare=prepare,
-                                            net=attached.plan)
+            live = await self.runtime.start(
+                spec,
+                user_limits=_user_limits(quota),
+                extra_dirs=extra_dirs,
+                prepare=prepare,
+                net=attached.plan,
+            )
         except BaseException:
             metrics.observe_start(kind, "failure", time.monotonic() - began)
             self.networks.release(spec.id)
@@ -277,9 +313,14 @@ class Sandboxd:
         self._record_exit(live.spec, result)
 
     def _record_exit(self, spec: SandboxSpec, result: Exit) -> None:
-        self.store.update_sandbox(spec.id, state="exited", exit_code=result.code,
-                                  oom_killed=result.oom_killed, reason=result.reason,
-                                  finished=result.finished)
+        self.store.update_sandbox(
+            spec.id,
+            state="exited",
+            exit_code=result.code,
+            oom_killed=result.oom_killed,
+            reason=result.reason,
+            finished=result.finished,
+        )
         metrics.sandbox_exited(self, spec, result)  # before the cgroup (and its OOM count) goes
         with contextlib.suppress(SandboxdError):
             self.runtime.cgroups.remove(spec.user, spec.id)
@@ -327,11 +368,14 @@ class Sandboxd:
             raise NotFound(f"no such sandbox: {ref}", reason="unknown-sandbox")
         return rec
 
-    def list(self, actor: User, all_states: bool = False,
-             kind: str | None = None) -> list[SandboxRecord]:
+    def list(
+        self, actor: User, all_states: bool = False, kind: str | None = None
+    ) -> list[SandboxRecord]:
         return self.store.list_sandboxes(
-            user=None if actor.admin else actor.name, kind=kind,
-            states=None if all_states else ACTIVE)
+            user=None if actor.admin else actor.name,
+            kind=kind,
+            states=None if all_states else ACTIVE,
+        )
 
     def update_limits(self, actor: User, ref: str, body: Any) -> SandboxRecord:
         """Change cpus / memory / pids of a running sandbox, within its profile and the quota."""
@@ -342,8 +386,14 @@ class Sandboxd:
             raise InvalidRequest("expected an object with cpus, memory and/or pids")
         spec = SandboxSpec.from_json(rec.spec)
         old = spec.limits
-        merged = {"cpus": old.cpus, "memory": old.memory, "pids": old.pids, "swap": old.swap,
-                  "disk": old.disk, **body}
+        merged = {
+            "cpus": old.cpus,
+            "memory": old.memory,
+            "pids": old.pids,
+            "swap": old.swap,
+            "disk": old.disk,
+            **body,
+        }
         new = admission.limits_for(merged, self.config.profile(spec.profile))
         new = dataclasses.replace(old, cpus=new.cpus, memory=new.memory, pids=new.pids)
         usage = self.usage(rec.user)
@@ -374,8 +424,9 @@ class Sandboxd:
         live = self.runtime.live.get(rec.id)
         if live is not None:
             if not force:
-                raise Conflict(f"sandbox {rec.id} is running; stop it or use force",
-                               reason="running")
+                raise Conflict(
+                    f"sandbox {rec.id} is running; stop it or use force", reason="running"
+                )
             await self.runtime.stop(live, 0)
         self._release_network(rec.id)
         self.runtime.release(SandboxSpec.from_json(rec.spec))
@@ -387,8 +438,11 @@ class Sandboxd:
         live = self.runtime.live.get(rec.id)
         if live is not None:
             result = await asyncio.shield(live.exited)
-            return {"exit_code": result.code, "oom_killed": result.oom_killed,
-                    "reason": result.reason}
+            return {
+                "exit_code": result.code,
+                "oom_killed": result.oom_killed,
+                "reason": result.reason,
+            }
         rec = self.lookup(actor, rec.id)
         return {"exit_code": rec.exit_code, "oom_killed": rec.oom_killed, "reason": rec.reason}
 
@@ -423,14 +477,26 @@ class Sandboxd:
     def model(self, rec: SandboxRecord) -> dict[str, Any]:
         spec = rec.spec
         return {
-            "id": rec.id, "name": rec.name, "user": rec.user, "kind": rec.kind,
-            "state": rec.state, "command": spec["command"], "profile": spec["profile"],
-            "image": spec["image"], "limits": spec["limits"], "uid": spec["uid"],
-            "pid": rec.pid if rec.state == "running" else None, "network": spec["network"],
-            "volumes": spec["volumes"], "workdir": spec["workdir"],
-            "created": iso(rec.created), "started": iso(rec.started),
-            "finished": iso(rec.finished), "exit_code": rec.exit_code,
-            "oom_killed": rec.oom_killed, "reason": rec.reason,
+            "id": rec.id,
+            "name": rec.name,
+            "user": rec.user,
+            "kind": rec.kind,
+            "state": rec.state,
+            "command": spec["command"],
+            "profile": spec["profile"],
+            "image": spec["image"],
+            "limits": spec["limits"],
+            "uid": spec["uid"],
+            "pid": rec.pid if rec.state == "running" else None,
+            "network": spec["network"],
+            "volumes": spec["volumes"],
+            "workdir": spec["workdir"],
+            "created": iso(rec.created),
+            "started": iso(rec.started),
+            "finished": iso(rec.finished),
+            "exit_code": rec.exit_code,
+            "oom_killed": rec.oom_killed,
+            "reason": rec.reason,
             "labels": dict(spec.get("labels", ())),
             "ports": list(spec.get("ports", ())),
             "network_settings": self.networks.describe(rec.id),
@@ -438,7 +504,8 @@ class Sandboxd:
 
     def status(self) -> dict[str, Any]:
         return {
-            "version": __version__, "instance": self.config.instance,
+            "version": __version__,
+            "instance": self.config.instance,
             "cgroup_version": self.runtime.cgroups.version,
             "running": len(self.runtime.live),
             "sandboxes": len(self.store.list_sandboxes()),

@@ -74,8 +74,13 @@ class User:
     created: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "uid": self.uid, "admin": self.admin,
-                "service": self.service, "created": self.created}
+        return {
+            "name": self.name,
+            "uid": self.uid,
+            "admin": self.admin,
+            "service": self.service,
+            "created": self.created,
+        }
 
 
 @dataclass
@@ -119,13 +124,16 @@ class Store:
         if self.get_user(name, missing_ok=True):
             raise Conflict(f"user {name!r} exists", reason="user-exists")
         used = {row[0] for row in self.db.execute("SELECT uid FROM users")}
-        uid = next((self.uid_base + i for i in range(self.uid_count)
-                    if self.uid_base + i not in used), None)
+        uid = next(
+            (self.uid_base + i for i in range(self.uid_count) if self.uid_base + i not in used),
+            None,
+        )
         if uid is None:
             raise ResourcesExhausted("no tenant uid left", reason="uids-exhausted")
         now = time.time()
-        self.db.execute("INSERT INTO users VALUES (?, ?, ?, ?, ?)",
-                        (name, uid, int(admin), int(service), now))
+        self.db.execute(
+            "INSERT INTO users VALUES (?, ?, ?, ?, ?)", (name, uid, int(admin), int(service), now)
+        )
         return User(name, uid, admin, service, now)
 
     def get_user(self, name: str, missing_ok: bool = False) -> User | None:
@@ -134,8 +142,9 @@ class Store:
             if missing_ok:
                 return None
             raise NotFound(f"no user {name!r}", reason="unknown-user")
-        return User(row["name"], row["uid"], bool(row["admin"]), bool(row["service"]),
-                    row["created"])
+        return User(
+            row["name"], row["uid"], bool(row["admin"]), bool(row["service"]), row["created"]
+        )
 
     def list_users(self) -> list[User]:
         rows = self.db.execute("SELECT name FROM users ORDER BY name").fetchall()
@@ -149,13 +158,15 @@ class Store:
 
     def new_token(self, user: str, note: str = "") -> str:
         token = secrets.token_hex(24)
-        self.db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?)",
-                        (hash_token(token), user, note, time.time()))
+        self.db.execute(
+            "INSERT INTO tokens VALUES (?, ?, ?, ?)", (hash_token(token), user, note, time.time())
+        )
         return token
 
     def user_for_token(self, token: str) -> User | None:
-        row = self.db.execute("SELECT user FROM tokens WHERE hash = ?",
-                              (hash_token(token),)).fetchone()
+        row = self.db.execute(
+            "SELECT user FROM tokens WHERE hash = ?", (hash_token(token),)
+        ).fetchone()
         return self.get_user(row[0], missing_ok=True) if row else None
 
     # sandboxes ---------------------------------------------------------------------------
@@ -164,9 +175,22 @@ class Store:
         try:
             self.db.execute(
                 "INSERT INTO sandboxes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (rec.id, rec.name, rec.user, rec.kind, rec.state, json.dumps(rec.spec), rec.pid,
-                 rec.created, rec.started, rec.finished, rec.exit_code, int(rec.oom_killed),
-                 rec.reason))
+                (
+                    rec.id,
+                    rec.name,
+                    rec.user,
+                    rec.kind,
+                    rec.state,
+                    json.dumps(rec.spec),
+                    rec.pid,
+                    rec.created,
+                    rec.started,
+                    rec.finished,
+                    rec.exit_code,
+                    int(rec.oom_killed),
+                    rec.reason,
+                ),
+            )
         except sqlite3.IntegrityError:
             raise Conflict(f"a sandbox named {rec.name!r} exists", reason="name-taken") from None
 
@@ -181,10 +205,20 @@ class Store:
 
     def _record(self, row: sqlite3.Row) -> SandboxRecord:
         return SandboxRecord(
-            id=row["id"], name=row["name"], user=row["user"], kind=row["kind"],
-            state=row["state"], spec=json.loads(row["spec"]), pid=row["pid"],
-            created=row["created"], started=row["started"], finished=row["finished"],
-            exit_code=row["exit_code"], oom_killed=bool(row["oom_killed"]), reason=row["reason"])
+            id=row["id"],
+            name=row["name"],
+            user=row["user"],
+            kind=row["kind"],
+            state=row["state"],
+            spec=json.loads(row["spec"]),
+            pid=row["pid"],
+            created=row["created"],
+            started=row["started"],
+            finished=row["finished"],
+            exit_code=row["exit_code"],
+            oom_killed=bool(row["oom_killed"]),
+            reason=row["reason"],
+        )
 
     def get_sandbox(self, sid: str) -> SandboxRecord | None:
         row = self.db.execute("SELECT * FROM sandboxes WHERE id = ?", (sid,)).fetchone()
@@ -193,22 +227,30 @@ class Store:
     def find_sandbox(self, ref: str, user: str | None) -> SandboxRecord | None:
         """By id, unique id prefix (≥ 4 chars) or name; ``user`` None = any user (admin)."""
         clause, args = ("", ()) if user is None else (" AND user = ?", (user,))
-        row = self.db.execute(f"SELECT * FROM sandboxes WHERE id = ?{clause}",
-                              (ref, *args)).fetchone()
+        row = self.db.execute(
+            f"SELECT * FROM sandboxes WHERE id = ?{clause}", (ref, *args)
+        ).fetchone()
         if row is None:
-            rows = self.db.execute(f"SELECT * FROM sandboxes WHERE name = ?{clause}",
-                                   (ref, *args)).fetchall()
+            rows = self.db.execute(
+                f"SELECT * FROM sandboxes WHERE name = ?{clause}", (ref, *args)
+            ).fetchall()
             if len(rows) == 1:
                 row = rows[0]
         if row is None and len(ref) >= 4:
-            rows = self.db.execute(f"SELECT * FROM sandboxes WHERE id LIKE ?{clause}",
-                                   (ref.replace("%", "") + "%", *args)).fetchall()
+            rows = self.db.execute(
+                f"SELECT * FROM sandboxes WHERE id LIKE ?{clause}",
+                (ref.replace("%", "") + "%", *args),
+            ).fetchall()
             if len(rows) == 1:
                 row = rows[0]
         return self._record(row) if row else None
 
-    def list_sandboxes(self, user: str | None = None, kind: str | None = None,
-                       states: tuple[str, ...] | None = None) -> list[SandboxRecord]:
+    def list_sandboxes(
+        self,
+        user: str | None = None,
+        kind: str | None = None,
+        states: tuple[str, ...] | None = None,
+    ) -> list[SandboxRecord]:
         query, args = "SELECT * FROM sandboxes WHERE 1=1", []
         if user is not None:
             query += " AND user = ?"
@@ -234,5 +276,6 @@ class Store:
         self.db.execute("DELETE FROM quotas WHERE user = ?", (user,))
 
     def audit(self, actor: str, action: str, target: str, detail: str = "") -> None:
-        self.db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)",
-                        (time.time(), actor, action, target, detail))
+        self.db.execute(
+            "INSERT INTO audit VALUES (?, ?, ?, ?, ?)", (time.time(), actor, action, target, detail)
+        )

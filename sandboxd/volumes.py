@@ -25,14 +25,16 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def _root(config: Config, wanted: str | None) -> str:
     if not config.volume_roots:
-        raise InvalidRequest("no volume_roots are configured: per-user volumes need one",
-                             reason="no-volume-root")
+        raise InvalidRequest(
+            "no volume_roots are configured: per-user volumes need one", reason="no-volume-root"
+        )
     if wanted is None:
         return config.volume_roots[0]
     real = os.path.realpath(wanted)
     if real not in config.volume_roots:
-        raise InvalidRequest(f"root: {wanted!r} is not a configured volume root",
-                             reason="volume-denied")
+        raise InvalidRequest(
+            f"root: {wanted!r} is not a configured volume root", reason="volume-denied"
+        )
     return real
 
 
@@ -40,8 +42,9 @@ def _check(actor: User, target: User) -> None:
     from .service import acts_for
 
     if actor.name != target.name and not acts_for(actor, target):
-        raise Forbidden("only the user, an admin or a service may manage these volumes",
-                        reason="not-admin")
+        raise Forbidden(
+            "only the user, an admin or a service may manage these volumes", reason="not-admin"
+        )
 
 
 def _open_dir(parent: int, name: str, uid: int, create: bool) -> int:
@@ -55,8 +58,9 @@ def _open_dir(parent: int, name: str, uid: int, create: bool) -> int:
         if exc.errno == errno.ENOENT:
             raise NotFound(f"no volume directory {name!r}", reason="unknown-volume") from None
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise InvalidRequest(f"{name!r} is not a plain directory", reason="bad-volume") \
-                from None
+            raise InvalidRequest(
+                f"{name!r} is not a plain directory", reason="bad-volume"
+            ) from None
         raise
     if create:
         st = os.fstat(fd)
@@ -67,15 +71,17 @@ def _open_dir(parent: int, name: str, uid: int, create: bool) -> int:
     return fd
 
 
-def ensure(config: Config, store: Store, actor: User, user: str, name: str,
-           root: str | None = None) -> dict[str, Any]:
+def ensure(
+    config: Config, store: Store, actor: User, user: str, name: str, root: str | None = None
+) -> dict[str, Any]:
     """Make ``<root>/<user>/<name>`` if missing (0700, the user's tenant uid); idempotent."""
     target = store.get_user(user)
     assert target is not None
     _check(actor, target)
     if not VOLUME_NAME.fullmatch(name):
-        raise InvalidRequest(f"volume name {name!r} must match {VOLUME_NAME.pattern}",
-                             reason="bad-volume")
+        raise InvalidRequest(
+            f"volume name {name!r} must match {VOLUME_NAME.pattern}", reason="bad-volume"
+        )
     base = _root(config, root)
     top = os.open(base, _DIR)
     try:
@@ -91,19 +97,26 @@ def ensure(config: Config, store: Store, actor: User, user: str, name: str,
             os.close(udir)
     finally:
         os.close(top)
-    return {"user": user, "name": name, "host": os.path.join(base, user, name),
-            "uid": target.uid, "created": not existed}
+    return {
+        "user": user,
+        "name": name,
+        "host": os.path.join(base, user, name),
+        "uid": target.uid,
+        "created": not existed,
+    }
 
 
-def remove(config: Config, store: Store, actor: User, user: str, name: str,
-           root: str | None = None) -> None:
+def remove(
+    config: Config, store: Store, actor: User, user: str, name: str, root: str | None = None
+) -> None:
     """Delete ``<root>/<user>/<name>`` and everything in it (404 if it does not exist)."""
     target = store.get_user(user)
     assert target is not None
     _check(actor, target)
     if not VOLUME_NAME.fullmatch(name):
-        raise InvalidRequest(f"volume name {name!r} must match {VOLUME_NAME.pattern}",
-                             reason="bad-volume")
+        raise InvalidRequest(
+            f"volume name {name!r} must match {VOLUME_NAME.pattern}", reason="bad-volume"
+        )
     top = os.open(_root(config, root), _DIR)
     try:
         udir = _open_dir(top, user, target.uid, create=False)

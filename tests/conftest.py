@@ -39,6 +39,8 @@ def other_instance(letter: str) -> str:
     """A second daemon instance name (b..z) covered by the same leak check."""
     assert len(letter) == 1 and letter != "a"
     return PREFIX + letter
+
+
 CLONE_NEWNET = 0x40000000
 
 
@@ -63,8 +65,11 @@ def leftovers(prefix: str) -> list[str]:
     """Host objects whose names start with ``prefix`` (and bwrap processes of ours)."""
     left: list[str] = []
     if os.path.isdir("/run/netns"):
-        left += [f"netns {n}" for n in os.listdir("/run/netns")
-                 if n.startswith(prefix) and n != TEST_NETNS]
+        left += [
+            f"netns {n}"
+            for n in os.listdir("/run/netns")
+            if n.startswith(prefix) and n != TEST_NETNS
+        ]
     for ns in (None, f"/run/netns/{TEST_NETNS}"):
         cmd = ["ip", "-o", "link", "show"]
         if ns:
@@ -120,16 +125,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if hasattr(session.config, "workerinput"):
         return
     if os.environ.get("SANDBOXD_TESTS_MUST_RUN") and SKIPPED:
-        sys.stderr.write("\nSANDBOXD_TESTS_MUST_RUN: these tests were skipped:\n  "
-                         + "\n  ".join(SKIPPED) + "\n")
+        sys.stderr.write(
+            "\nSANDBOXD_TESTS_MUST_RUN: these tests were skipped:\n  " + "\n  ".join(SKIPPED) + "\n"
+        )
         session.exitstatus = 1
-    subprocess.run([SANDBOXD, "cleanup", "--instance", INSTANCE, "--purge",
-                    "--state-dir", STATE_DIR], capture_output=True)
+    subprocess.run(
+        [SANDBOXD, "cleanup", "--instance", INSTANCE, "--purge", "--state-dir", STATE_DIR],
+        capture_output=True,
+    )
     for letter in "bcdefghijklmnopqrstuvwxyz":
         if not os.path.exists(f"/run/sandboxd/{PREFIX}{letter}"):
             continue
-        subprocess.run([SANDBOXD, "cleanup", "--instance", PREFIX + letter,
-                        "--state-dir", f"{STATE_DIR}-{letter}"], capture_output=True)
+        subprocess.run(
+            [
+                SANDBOXD,
+                "cleanup",
+                "--instance",
+                PREFIX + letter,
+                "--state-dir",
+                f"{STATE_DIR}-{letter}",
+            ],
+            capture_output=True,
+        )
     left = leftovers(PREFIX)
     subprocess.run(["ip", "netns", "delete", TEST_NETNS], capture_output=True)
     if left:
@@ -230,9 +247,23 @@ class Daemon:
     def start(self) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [SANDBOXD, "serve", "--config", self.config_path, "--instance", self.instance,
-             "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state_dir,
-             "--run-dir", self.run_dir], stdout=log, stderr=subprocess.STDOUT)
+            [
+                SANDBOXD,
+                "serve",
+                "--config",
+                self.config_path,
+                "--instance",
+                self.instance,
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--state-dir",
+                self.state_dir,
+                "--run-dir",
+                self.run_dir,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 30
         token_file = os.path.join(self.state_dir, "admin-token")
         while time.monotonic() < deadline:
@@ -260,8 +291,11 @@ class Daemon:
         return self.users[name]
 
     def env(self, token: str | None = None) -> dict[str, str]:
-        return {**os.environ, "SANDBOXD_URL": self.url,
-                "SANDBOXD_TOKEN": token or self.admin.token or ""}
+        return {
+            **os.environ,
+            "SANDBOXD_URL": self.url,
+            "SANDBOXD_TOKEN": token or self.admin.token or "",
+        }
 
 
 def free_port() -> int:
@@ -274,17 +308,25 @@ def free_port() -> int:
 
 def make_daemon(instance: str, config: str = CONFIG, state_dir: str | None = None) -> Daemon:
     """A Daemon (not started) with its own instance name, state dir, port and config."""
-    state_dir = state_dir or (STATE_DIR if instance == INSTANCE
-                              else f"{STATE_DIR}-{instance[len(PREFIX):]}")
+    state_dir = state_dir or (
+        STATE_DIR if instance == INSTANCE else f"{STATE_DIR}-{instance[len(PREFIX) :]}"
+    )
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     config_path = f"{state_dir}.toml"
     with open(config_path, "w") as fh:
         fh.write(config)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    return Daemon(url=url, instance=instance, state_dir=state_dir,
-                  run_dir=f"/run/sandboxd/{instance}", config_path=config_path,
-                  admin=Client(url, None), port=port, log_path=state_dir + ".log")
+    return Daemon(
+        url=url,
+        instance=instance,
+        state_dir=state_dir,
+        run_dir=f"/run/sandboxd/{instance}",
+        config_path=config_path,
+        admin=Client(url, None),
+        port=port,
+        log_path=state_dir + ".log",
+    )
 
 
 def stop_daemon(d: Daemon) -> None:

@@ -32,22 +32,27 @@ def test_overrides_from_the_command_line(tmp_path) -> None:
     assert c.state_dir == "/var/lib/sandboxd/sbxq"
 
 
-@pytest.mark.parametrize("text, key", [
-    ('bogus = 1', "bogus"),
-    ('instance = "has space"', "instance"),
-    ('listen = "nowhere"', "listen"),
-    ('tenant_uid_base = 0', "tenant_uid_base"),
-    ('volume_roots = ["relative/dir"]', "volume_roots"),
-    ('[profiles.default]\nmemory = "lots"', "profiles.default.memory"),
-    ('[profiles.default]\ncpus = -1', "profiles.default.cpus"),
-    ('[profiles.default]\nmemory = "32g"', "profiles.default.memory"),
-    ('[profiles.x]\nunknown_key = 1', "profiles.x.unknown_key"),
-    ('[profiles.default]\nseccomp_profile = "/no/such/profile.json"',
-     "profiles.default.seccomp_profile"),
-    ('[quotas.default]\nmax_sandboxes = -1', "quotas.default.max_sandboxes"),
-    ('[users.alice]\ngroups = "staff"', "users.alice.groups"),
-    ('this is [not toml', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("bogus = 1", "bogus"),
+        ('instance = "has space"', "instance"),
+        ('listen = "nowhere"', "listen"),
+        ("tenant_uid_base = 0", "tenant_uid_base"),
+        ('volume_roots = ["relative/dir"]', "volume_roots"),
+        ('[profiles.default]\nmemory = "lots"', "profiles.default.memory"),
+        ("[profiles.default]\ncpus = -1", "profiles.default.cpus"),
+        ('[profiles.default]\nmemory = "32g"', "profiles.default.memory"),
+        ("[profiles.x]\nunknown_key = 1", "profiles.x.unknown_key"),
+        (
+            '[profiles.default]\nseccomp_profile = "/no/such/profile.json"',
+            "profiles.default.seccomp_profile",
+        ),
+        ("[quotas.default]\nmax_sandboxes = -1", "quotas.default.max_sandboxes"),
+        ('[users.alice]\ngroups = "staff"', "users.alice.groups"),
+        ("this is [not toml", "not valid TOML"),
+    ],
+)
 def test_invalid_config_names_the_key(tmp_path, text: str, key: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -61,10 +66,19 @@ def test_missing_file_is_refused(tmp_path) -> None:
         config.load(str(tmp_path / "absent.toml"))
 
 
-@pytest.mark.parametrize("text, value", [
-    ("512m", 512 * 1024**2), ("1g", 1024**3), ("1.5G", 1536 * 1024**2), ("64k", 65536),
-    ("10mb", 10 * 1024**2), ("2GiB", 2 * 1024**3), ("100", 100), (4096, 4096),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("512m", 512 * 1024**2),
+        ("1g", 1024**3),
+        ("1.5G", 1536 * 1024**2),
+        ("64k", 65536),
+        ("10mb", 10 * 1024**2),
+        ("2GiB", 2 * 1024**3),
+        ("100", 100),
+        (4096, 4096),
+    ],
+)
 def test_sizes(text, value: int) -> None:
     assert parse_size(text) == value
 

@@ -34,16 +34,25 @@ class JupyterServer:
     log: str
 
     def call(self, method: str, path: str, expect: int, **kw: object) -> object:
-        resp = requests.request(method, self.url + path, timeout=120,
-                                headers={"Authorization": f"token {self.token}"}, **kw)
+        resp = requests.request(
+            method,
+            self.url + path,
+            timeout=120,
+            headers={"Authorization": f"token {self.token}"},
+            **kw,
+        )
         assert resp.status_code == expect, (resp.status_code, resp.text[:500])
-        return resp.json() if resp.content and "json" in resp.headers.get(
-            "Content-Type", "") else resp.content
+        return (
+            resp.json()
+            if resp.content and "json" in resp.headers.get("Content-Type", "")
+            else resp.content
+        )
 
     def ws(self, kernel_id: str) -> websocket.WebSocket:
         url = self.url.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels"
-        return websocket.create_connection(url, timeout=60,
-                                           header=[f"Authorization: token {self.token}"])
+        return websocket.create_connection(
+            url, timeout=60, header=[f"Authorization: token {self.token}"]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +68,31 @@ def jserver(kd: Daemon) -> Iterator[JupyterServer]:  # noqa: F811
     env["JUPYTER_RUNTIME_DIR"] = os.path.join(root, "runtime")
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [JUPYTER, "server", "--no-browser", "--allow-root", f"--port={port}",
-             "--ip=127.0.0.1", f"--ServerApp.root_dir={root}",
-             f"--IdentityProvider.token={token}", f"--gateway-url={kd.url}",
-             f"--GatewayClient.auth_token={alice.token}"],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=root)
+            [
+                JUPYTER,
+                "server",
+                "--no-browser",
+                "--allow-root",
+                f"--port={port}",
+                "--ip=127.0.0.1",
+                f"--ServerApp.root_dir={root}",
+                f"--IdentityProvider.token={token}",
+                f"--gateway-url={kd.url}",
+                f"--GatewayClient.auth_token={alice.token}",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+        )
     server = JupyterServer(f"http://127.0.0.1:{port}", token, proc, log)
     deadline = time.monotonic() + 60
     while True:
         assert proc.poll() is None, open(log).read()[-3000:]
         try:
-            if requests.get(server.url + "/api/status", timeout=1,
-                            headers={"Authorization": f"token {token}"}).ok:
+            if requests.get(
+                server.url + "/api/status", timeout=1, headers={"Authorization": f"token {token}"}
+            ).ok:
                 break
         except requests.ConnectionError:
             pass
@@ -111,21 +133,32 @@ def test_kernel_lifecycle_through_the_server(jserver: JupyterServer, kd: Daemon)
             assert stdout_of(iopub).split() == ["42", "1000"]
 
             # interrupt a busy loop: SIGINT reaches the kernel, the cell ends with an error
-            loop = message("execute_request", {"code": "while True:\n    pass",
-                                               "silent": False, "store_history": False,
-                                               "user_expressions": {}, "allow_stdin": False})
+            loop = message(
+                "execute_request",
+                {
+                    "code": "while True:\n    pass",
+                    "silent": False,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                },
+            )
             send(ws, loop, False)
             busy = False
             while not busy:
                 got = recv(ws, False)
-                busy = (got["header"]["msg_type"] == "status"
-                        and got["parent_header"].get("msg_id") == loop["header"]["msg_id"]
-                        and got["content"]["execution_state"] == "busy")
+                busy = (
+                    got["header"]["msg_type"] == "status"
+                    and got["parent_header"].get("msg_id") == loop["header"]["msg_id"]
+                    and got["content"]["execution_state"] == "busy"
+                )
             jserver.call("POST", f"/api/kernels/{kid}/interrupt", 204, json={})
             while True:
                 got = recv(ws, False)
-                if got["channel"] == "shell" and \
-                        got["parent_header"]["msg_id"] == loop["header"]["msg_id"]:
+                if (
+                    got["channel"] == "shell"
+                    and got["parent_header"]["msg_id"] == loop["header"]["msg_id"]
+                ):
                     break
             assert got["content"]["status"] == "error"
             assert got["content"]["ename"] == "KeyboardInterrupt"

@@ -124,22 +124,32 @@ class HubEnv:
     def public(self) -> str:
         return f"http://127.0.0.1:{self.proxy_port}"
 
-    def api(self, method: str, path: str, expect: tuple[int, ...] = (200, 201),
-            **kw: Any) -> Any:
-        resp = self.http.request(method, f"{self.public}/hub/api{path}", timeout=60,
-                                 headers={"Authorization": f"token {self.tester_token}"}, **kw)
+    def api(self, method: str, path: str, expect: tuple[int, ...] = (200, 201), **kw: Any) -> Any:
+        resp = self.http.request(
+            method,
+            f"{self.public}/hub/api{path}",
+            timeout=60,
+            headers={"Authorization": f"token {self.tester_token}"},
+            **kw,
+        )
         assert resp.status_code in expect, (method, path, resp.status_code, resp.text[:2000])
         return resp.json() if resp.content else None
 
     def server(self, user: str, path: str, method: str = "GET", **kw: Any) -> requests.Response:
         """A request to ``user``'s single-user server through the proxy."""
-        return self.http.request(method, f"{self.public}/user/{user}/{path}", timeout=60,
-                                 headers={"Authorization": f"token {self.tester_token}"}, **kw)
+        return self.http.request(
+            method,
+            f"{self.public}/user/{user}/{path}",
+            timeout=60,
+            headers={"Authorization": f"token {self.tester_token}"},
+            **kw,
+        )
 
     def start_hub(self) -> None:
         log = open(os.path.join(self.tmp, "jupyterhub.log"), "ab")
-        self.hub = subprocess.Popen(self.hub_cmd, cwd=self.tmp, stdout=log,
-                                    stderr=subprocess.STDOUT)
+        self.hub = subprocess.Popen(
+            self.hub_cmd, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert self.hub.poll() is None, self.hub_log()
@@ -161,9 +171,23 @@ def _start_daemon(d: Daemon) -> None:
     sandboxes reach sandboxd's gateway API at their bridge's gateway (its profile allows it)."""
     log = open(d.log_path, "ab")
     d.proc = subprocess.Popen(
-        [SANDBOXD, "serve", "--config", d.config_path, "--instance", d.instance,
-         "--listen", f"0.0.0.0:{d.port}", "--state-dir", d.state_dir, "--run-dir", d.run_dir],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            SANDBOXD,
+            "serve",
+            "--config",
+            d.config_path,
+            "--instance",
+            d.instance,
+            "--listen",
+            f"0.0.0.0:{d.port}",
+            "--state-dir",
+            d.state_dir,
+            "--run-dir",
+            d.run_dir,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     token_file = os.path.join(d.state_dir, "admin-token")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -199,37 +223,78 @@ def env() -> Iterator[HubEnv]:
     ksdir = os.path.join(tmp, "kernels")
     os.makedirs(os.path.join(ksdir, "python3"))
     with open(os.path.join(ksdir, "python3", "kernel.json"), "w") as fh:
-        json.dump({"argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                   "display_name": "Python 3 (own sandbox, home)", "language": "python",
-                   "metadata": {"sandboxd": {"profile": "default", "volumes": [
-                       f"{volroot}/{{user}}/home:/home/jovyan"]}}}, fh)
+        json.dump(
+            {
+                "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (own sandbox, home)",
+                "language": "python",
+                "metadata": {
+                    "sandboxd": {
+                        "profile": "default",
+                        "volumes": [f"{volroot}/{{user}}/home:/home/jovyan"],
+                    }
+                },
+            },
+            fh,
+        )
     hub_port, proxy_port, proxy_api_port = free_port(), free_port(), free_port()
     d = make_daemon(other_instance("h"))
     with open(d.config_path, "w") as fh:
-        fh.write(DAEMON_CONFIG.format(volroot=volroot, ksdir=ksdir, hub_port=hub_port,
-                                      sbx_port=d.port))
+        fh.write(
+            DAEMON_CONFIG.format(volroot=volroot, ksdir=ksdir, hub_port=hub_port, sbx_port=d.port)
+        )
     env = None
     try:
         _start_daemon(d)
-        hub_token = d.admin.call("POST", "/api/users",
-                                 json={"name": "hub", "service": True})["token"]
+        hub_token = d.admin.call("POST", "/api/users", json={"name": "hub", "service": True})[
+            "token"
+        ]
         proxy_token, tester_token = secrets.token_hex(16), secrets.token_hex(16)
         with open(os.path.join(tmp, "jupyterhub_config.py"), "w") as fh:
-            fh.write(HUB_CONFIG.format(
-                proxy_port=proxy_port, hub_port=hub_port, tmp=tmp, proxy_api_port=proxy_api_port,
-                proxy_token=proxy_token, tester_token=tester_token, sbx_port=d.port,
-                hub_token=hub_token, bin=BIN, mem_limit=MEM_LIMIT))
-        env = HubEnv(daemon=d, volroot=volroot, tmp=tmp, hub_port=hub_port,
-                     proxy_port=proxy_port, proxy_api_port=proxy_api_port,
-                     tester_token=tester_token,
-                     hub_cmd=[JUPYTERHUB, "-f", os.path.join(tmp, "jupyterhub_config.py")])
+            fh.write(
+                HUB_CONFIG.format(
+                    proxy_port=proxy_port,
+                    hub_port=hub_port,
+                    tmp=tmp,
+                    proxy_api_port=proxy_api_port,
+                    proxy_token=proxy_token,
+                    tester_token=tester_token,
+                    sbx_port=d.port,
+                    hub_token=hub_token,
+                    bin=BIN,
+                    mem_limit=MEM_LIMIT,
+                )
+            )
+        env = HubEnv(
+            daemon=d,
+            volroot=volroot,
+            tmp=tmp,
+            hub_port=hub_port,
+            proxy_port=proxy_port,
+            proxy_api_port=proxy_api_port,
+            tester_token=tester_token,
+            hub_cmd=[JUPYTERHUB, "-f", os.path.join(tmp, "jupyterhub_config.py")],
+        )
         env.proxy = subprocess.Popen(
-            [CHP, "--ip", "127.0.0.1", "--port", str(proxy_port), "--api-ip", "127.0.0.1",
-             "--api-port", str(proxy_api_port), "--default-target",
-             f"http://127.0.0.1:{hub_port}", "--error-target",
-             f"http://127.0.0.1:{hub_port}/hub/error"],
+            [
+                CHP,
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(proxy_port),
+                "--api-ip",
+                "127.0.0.1",
+                "--api-port",
+                str(proxy_api_port),
+                "--default-target",
+                f"http://127.0.0.1:{hub_port}",
+                "--error-target",
+                f"http://127.0.0.1:{hub_port}/hub/error",
+            ],
             env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": proxy_token},
-            stdout=open(os.path.join(tmp, "proxy.log"), "ab"), stderr=subprocess.STDOUT)
+            stdout=open(os.path.join(tmp, "proxy.log"), "ab"),
+            stderr=subprocess.STDOUT,
+        )
         env.start_hub()
         yield env
     finally:
@@ -257,8 +322,12 @@ def spawn(env: HubEnv, user: str) -> list[dict[str, Any]]:
     """Ask the Hub for ``user``'s server and follow its progress stream; the events seen."""
     env.api("POST", f"/users/{user}", expect=(201, 409))
     env.api("POST", f"/users/{user}/server", expect=(201, 202))
-    resp = env.http.get(f"{env.public}/hub/api/users/{user}/server/progress", stream=True,
-                        timeout=180, headers={"Authorization": f"token {env.tester_token}"})
+    resp = env.http.get(
+        f"{env.public}/hub/api/users/{user}/server/progress",
+        stream=True,
+        timeout=180,
+        headers={"Authorization": f"token {env.tester_token}"},
+    )
     events = []
     for line in resp.iter_lines(decode_unicode=True):
         if line and line.startswith("data:"):
@@ -297,20 +366,41 @@ def start_kernel(env: HubEnv, user: str) -> str:
     return resp.json()["id"]
 
 
-def run_code(env: HubEnv, user: str, kernel_id: str, code: str,
-             timeout: float = 60) -> tuple[str, dict[str, Any] | None]:
+def run_code(
+    env: HubEnv, user: str, kernel_id: str, code: str, timeout: float = 60
+) -> tuple[str, dict[str, Any] | None]:
     """Execute ``code`` over the server's kernel WebSocket; (stdout text, error content)."""
     ws = websocket.create_connection(
         f"ws://127.0.0.1:{env.proxy_port}/user/{user}/api/kernels/{kernel_id}/channels",
-        header=[f"Authorization: token {env.tester_token}"], timeout=timeout)
+        header=[f"Authorization: token {env.tester_token}"],
+        timeout=timeout,
+    )
     msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({
-        "channel": "shell", "header": {"msg_id": msg_id, "msg_type": "execute_request",
-                                       "username": user, "session": uuid.uuid4().hex,
-                                       "version": "5.3", "date": ""},
-        "parent_header": {}, "metadata": {},
-        "content": {"code": code, "silent": False, "store_history": False,
-                    "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}}))
+    ws.send(
+        json.dumps(
+            {
+                "channel": "shell",
+                "header": {
+                    "msg_id": msg_id,
+                    "msg_type": "execute_request",
+                    "username": user,
+                    "session": uuid.uuid4().hex,
+                    "version": "5.3",
+                    "date": "",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "content": {
+                    "code": code,
+                    "silent": False,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                    "stop_on_error": True,
+                },
+            }
+        )
+    )
     out, error = [], None
     try:
         deadline = time.monotonic() + timeout
@@ -373,10 +463,16 @@ def test_alice_spawns_with_progress_and_runs_a_kernel_in_its_own_sandbox(env: Hu
     assert server["limits"]["memory"] == MEM_LIMIT
 
     kid = start_kernel(env, "alice")
-    out, error = run_code(env, "alice", kid, (
-        "import os, socket\n"
-        "open('/home/jovyan/from_kernel.txt', 'w').write('written by the kernel')\n"
-        "print(socket.gethostname(), sorted(os.listdir('/home/jovyan')))"))
+    out, error = run_code(
+        env,
+        "alice",
+        kid,
+        (
+            "import os, socket\n"
+            "open('/home/jovyan/from_kernel.txt', 'w').write('written by the kernel')\n"
+            "print(socket.gethostname(), sorted(os.listdir('/home/jovyan')))"
+        ),
+    )
     assert error is None, error
     assert "from_kernel.txt" in out
 
@@ -423,14 +519,18 @@ def test_bob_cannot_reach_alice_nor_see_her_files(env: HubEnv) -> None:
     akernel_sb = env.daemon.admin.call("GET", f"/api/kernels/{alice_kernel}")["sandbox"]
     akernel = env.daemon.admin.call("GET", f"/api/sandboxes/{akernel_sb}")["network_settings"]
     assert alice_server["network"] == "default" and bob_server["gateway"] != alice_server["gateway"]
-    targets = [f"{alice_server['address']}:8888", f"{akernel['address']}:9",
-               f"{bob_server['address']}:8888", f"{bob_server['gateway']}:{env.hub_port}",
-               f"{bob_server['gateway']}:{env.daemon.port}"]
+    targets = [
+        f"{alice_server['address']}:8888",
+        f"{akernel['address']}:9",
+        f"{bob_server['address']}:8888",
+        f"{bob_server['gateway']}:{env.hub_port}",
+        f"{bob_server['gateway']}:{env.daemon.port}",
+    ]
     seen = probe(env, "bob", bob_kernel, targets)
     assert seen == {
         targets[0]: "unreachable",  # alice's server
         targets[1]: "unreachable",  # alice's kernel (a reachable host would refuse port 9)
-        targets[2]: "open",         # bob's own server, on his bridge
+        targets[2]: "open",  # bob's own server, on his bridge
         targets[3]: "unreachable",  # the Hub's API: kernels reach nothing of the Hub
         targets[4]: "unreachable",  # nor sandboxd
     }, seen
@@ -439,8 +539,9 @@ def test_bob_cannot_reach_alice_nor_see_her_files(env: HubEnv) -> None:
     mine = probe(env, "alice", alice_kernel, [targets[0], f"{akernel['gateway']}:{env.hub_port}"])
     assert list(mine.values()) == ["open", "unreachable"], mine
     # bob's files are his own: nothing of alice's home, through his kernel or his server
-    out, error = run_code(env, "bob", bob_kernel,
-                          "import os; print(sorted(os.listdir('/home/jovyan')))")
+    out, error = run_code(
+        env, "bob", bob_kernel, "import os; print(sorted(os.listdir('/home/jovyan')))"
+    )
     assert error is None and "from_kernel.txt" not in out, (out, error)
     assert env.server("bob", "api/contents/from_kernel.txt").status_code == 404
     bob_home = {v["host"] for v in server_sandbox(env, "bob")["volumes"]}
@@ -452,8 +553,7 @@ def test_kernel_oom_kills_the_kernel_only(env: HubEnv) -> None:
     sid = env.daemon.admin.call("GET", f"/api/kernels/{kid}")["sandbox"]
     server = server_sandbox(env, "alice")
     try:
-        run_code(env, "alice", kid, f"x = b'x' * {2 * MEM_LIMIT}\nprint('survived')",
-                 timeout=20)
+        run_code(env, "alice", kid, f"x = b'x' * {2 * MEM_LIMIT}\nprint('survived')", timeout=20)
     except Exception:
         pass  # the channel may end with the kernel
     result = env.daemon.admin.call("POST", f"/api/sandboxes/{sid}/wait")
@@ -500,12 +600,18 @@ def test_service_token_powers(env: HubEnv) -> None:
     d = env.daemon
     hub = Client(d.url, d.admin.call("POST", "/api/users/hub/tokens")["token"])
     try:
-        assert hub.request("POST", "/api/users", json={"name": "eve", "admin": True}
-                           ).status_code == 403
+        assert (
+            hub.request("POST", "/api/users", json={"name": "eve", "admin": True}).status_code
+            == 403
+        )
         assert hub.request("POST", "/api/users/admin/tokens").status_code == 403
         assert hub.request("PUT", "/api/users/admin/volumes/home").status_code == 403
-        assert hub.request("POST", "/api/sandboxes", json={
-            "command": ["true"], "user": "admin"}).status_code == 403
+        assert (
+            hub.request(
+                "POST", "/api/sandboxes", json={"command": ["true"], "user": "admin"}
+            ).status_code
+            == 403
+        )
         alice = Client(d.url, hub.call("POST", "/api/users/alice/tokens")["token"])
         # a plain user may not act for another
         assert alice.request("PUT", "/api/users/carol/volumes/home").status_code == 403

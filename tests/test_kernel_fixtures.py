@@ -72,13 +72,19 @@ cpus = 16.0
 def write_kernelspec(ksdir: str, name: str, profile: str, volumes: list[str] | None = None) -> None:
     os.makedirs(os.path.join(ksdir, name), exist_ok=True)
     with open(os.path.join(ksdir, name, "kernel.json"), "w") as fh:
-        json.dump({"argv": KERNELSPEC_ARGV, "display_name": f"Python ({profile})",
-                   "language": "python", "interrupt_mode": "signal",
-                   "metadata": {"sandboxd": {"profile": profile, "volumes": volumes or []}}}, fh)
+        json.dump(
+            {
+                "argv": KERNELSPEC_ARGV,
+                "display_name": f"Python ({profile})",
+                "language": "python",
+                "interrupt_mode": "signal",
+                "metadata": {"sandboxd": {"profile": profile, "volumes": volumes or []}},
+            },
+            fh,
+        )
 
 
-LETTERS = {"test_kernels": "k", "test_gateway": "g", "test_notebooks": "n",
-           "test_provisioner": "p"}
+LETTERS = {"test_kernels": "k", "test_gateway": "g", "test_notebooks": "n", "test_provisioner": "p"}
 
 
 @pytest.fixture(scope="module")
@@ -110,28 +116,45 @@ def start_kernel(client: Client, name: str = "python3", **env: str) -> dict[str,
     return client.call("POST", "/api/kernels", expect=201, json={"name": name, "env": env})
 
 
-def ws_connect(d: Daemon, client: Client, kernel_id: str, v1: bool = False,
-               token: str | None = None) -> websocket.WebSocket:
+def ws_connect(
+    d: Daemon, client: Client, kernel_id: str, v1: bool = False, token: str | None = None
+) -> websocket.WebSocket:
     url = d.url.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels?session_id=t"
     return websocket.create_connection(
-        url, header=[f"Authorization: token {token or client.token}"],
-        subprotocols=[V1] if v1 else None, timeout=60)
+        url,
+        header=[f"Authorization: token {token or client.token}"],
+        subprotocols=[V1] if v1 else None,
+        timeout=60,
+    )
 
 
 def message(msg_type: str, content: dict[str, Any], channel: str = "shell") -> dict[str, Any]:
-    return {"header": {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "t",
-                       "session": "t", "date": "2026-01-01T00:00:00.000000Z", "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "content": content, "channel": channel,
-            "buffers": []}
+    return {
+        "header": {
+            "msg_id": uuid.uuid4().hex,
+            "msg_type": msg_type,
+            "username": "t",
+            "session": "t",
+            "date": "2026-01-01T00:00:00.000000Z",
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": content,
+        "channel": channel,
+        "buffers": [],
+    }
 
 
 # --- framing, as a client sees it (independent of sandboxd.kernels.wire on purpose) ---------
 
+
 def encode(msg: dict[str, Any], v1: bool, buffers: list[bytes] = ()) -> tuple[Any, int]:
     """(frame, opcode) for websocket-client's ``send``."""
     if v1:
-        parts = [json.dumps(msg[k]).encode() for k in
-                 ("header", "parent_header", "metadata", "content")] + list(buffers)
+        parts = [
+            json.dumps(msg[k]).encode() for k in ("header", "parent_header", "metadata", "content")
+        ] + list(buffers)
         chan = msg["channel"].encode()
         offsets = [8 * (3 + len(parts)), 8 * (3 + len(parts)) + len(chan)]
         for p in parts:
@@ -145,24 +168,30 @@ def encode(msg: dict[str, Any], v1: bool, buffers: list[bytes] = ()) -> tuple[An
     offsets = [4 * (len(chunks) + 1)]
     for c in chunks[:-1]:
         offsets.append(offsets[-1] + len(c))
-    return (struct.pack(f"!{len(chunks) + 1}I", len(chunks), *offsets) + b"".join(chunks),
-            websocket.ABNF.OPCODE_BINARY)
+    return (
+        struct.pack(f"!{len(chunks) + 1}I", len(chunks), *offsets) + b"".join(chunks),
+        websocket.ABNF.OPCODE_BINARY,
+    )
 
 
 def decode(opcode: int, data: Any, v1: bool) -> dict[str, Any]:
     if v1:
         n = struct.unpack("<Q", data[:8])[0]
-        offs = struct.unpack(f"<{n}Q", data[8:8 * (n + 1)])
+        offs = struct.unpack(f"<{n}Q", data[8 : 8 * (n + 1)])
         chunks = [data[a:b] for a, b in zip(offs[:-1], offs[1:], strict=True)]
-        msg = {k: json.loads(c) for k, c in zip(
-            ("header", "parent_header", "metadata", "content"), chunks[1:5], strict=True)}
+        msg = {
+            k: json.loads(c)
+            for k, c in zip(
+                ("header", "parent_header", "metadata", "content"), chunks[1:5], strict=True
+            )
+        }
         msg["channel"] = chunks[0].decode()
         msg["buffers"] = list(chunks[5:])
         return msg
     if opcode == websocket.ABNF.OPCODE_TEXT:
         return json.loads(data)
     n = struct.unpack("!I", data[:4])[0]
-    offs = list(struct.unpack(f"!{n}I", data[4:4 * (n + 1)])) + [len(data)]
+    offs = list(struct.unpack(f"!{n}I", data[4 : 4 * (n + 1)])) + [len(data)]
     chunks = [data[a:b] for a, b in zip(offs[:-1], offs[1:], strict=True)]
     msg = json.loads(chunks[0])
     msg["buffers"] = chunks[1:]
@@ -179,11 +208,20 @@ def recv(ws: websocket.WebSocket, v1: bool) -> dict[str, Any]:
     return decode(opcode, data, v1)
 
 
-def execute(ws: websocket.WebSocket, code: str, v1: bool = False,
-            timeout: float = 60) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def execute(
+    ws: websocket.WebSocket, code: str, v1: bool = False, timeout: float = 60
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run ``code``; (execute_reply, iopub messages of that request up to status idle)."""
-    msg = message("execute_request", {"code": code, "silent": False, "store_history": False,
-                                      "user_expressions": {}, "allow_stdin": False})
+    msg = message(
+        "execute_request",
+        {
+            "code": code,
+            "silent": False,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+        },
+    )
     send(ws, msg, v1)
     msg_id = msg["header"]["msg_id"]
     reply, iopub, idle = None, [], False
@@ -196,16 +234,19 @@ def execute(ws: websocket.WebSocket, code: str, v1: bool = False,
             reply = got
         elif got["channel"] == "iopub":
             iopub.append(got)
-            if got["header"]["msg_type"] == "status" and \
-                    got["content"]["execution_state"] == "idle":
+            if (
+                got["header"]["msg_type"] == "status"
+                and got["content"]["execution_state"] == "idle"
+            ):
                 idle = True
     assert reply is not None and idle, "no execute_reply / idle in time"
     return reply, iopub
 
 
 def stdout_of(iopub: list[dict[str, Any]]) -> str:
-    return "".join(m["content"].get("text", "") for m in iopub
-                   if m["header"]["msg_type"] == "stream")
+    return "".join(
+        m["content"].get("text", "") for m in iopub if m["header"]["msg_type"] == "stream"
+    )
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> Any:

@@ -32,8 +32,14 @@ UUID = r"^\w{8}-\w{4}-\w{4}-\w{4}-\w{12}$"
 def alice_kernel(kd: Daemon) -> Iterator[dict[str, Any]]:  # noqa: F811
     """One kernel shared by the tests below; started with env a kernel should and should not get."""
     alice = kd.user("alice")
-    kernel = start_kernel(alice, KERNEL_USERNAME="carol", KERNEL_FOO="bar", ALLOWED_VAR="yes",
-                          OTHER_VAR="dropped", KERNEL_WORKING_DIR="/tmp")
+    kernel = start_kernel(
+        alice,
+        KERNEL_USERNAME="carol",
+        KERNEL_FOO="bar",
+        ALLOWED_VAR="yes",
+        OTHER_VAR="dropped",
+        KERNEL_WORKING_DIR="/tmp",
+    )
     yield kernel
     alice.request("DELETE", f"/api/kernels/{kernel['id']}")
 
@@ -45,8 +51,14 @@ def test_model_and_environment(kd: Daemon, alice_kernel: dict[str, Any]) -> None
     from helpers import wait_until
 
     # the kernel_info exchange at start may still be reporting "busy" for a moment
-    model = wait_until(lambda: (m := alice.call("GET", f"/api/kernels/{alice_kernel['id']}"))
-                       and m["execution_state"] == "idle" and m, timeout=30)
+    model = wait_until(
+        lambda: (
+            (m := alice.call("GET", f"/api/kernels/{alice_kernel['id']}"))
+            and m["execution_state"] == "idle"
+            and m
+        ),
+        timeout=30,
+    )
     assert re.match(UUID, model["id"])
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$", model["last_activity"])
     assert model["connections"] == 0
@@ -54,38 +66,50 @@ def test_model_and_environment(kd: Daemon, alice_kernel: dict[str, Any]) -> None
     ws = ws_connect(kd, alice, model["id"])
     try:
         assert alice.call("GET", f"/api/kernels/{model['id']}")["connections"] == 1
-        _, iopub = execute(ws, "import os\nprint(os.environ.get('KERNEL_FOO'), "
-                               "os.environ.get('ALLOWED_VAR'), os.environ.get('OTHER_VAR'), "
-                               "os.getcwd())")
+        _, iopub = execute(
+            ws,
+            "import os\nprint(os.environ.get('KERNEL_FOO'), "
+            "os.environ.get('ALLOWED_VAR'), os.environ.get('OTHER_VAR'), "
+            "os.getcwd())",
+        )
     finally:
         ws.close()
     assert stdout_of(iopub).split() == ["bar", "yes", "None", "/home/jovyan"]
 
 
 @pytest.mark.parametrize("v1", [True, False], ids=["v1", "legacy"])
-def test_binary_buffers_round_trip(kd: Daemon, alice_kernel: dict[str, Any],  # noqa: F811
-                                   v1: bool) -> None:
+def test_binary_buffers_round_trip(
+    kd: Daemon,  # noqa: F811
+    alice_kernel: dict[str, Any],  # noqa: F811
+    v1: bool,
+) -> None:
     alice = kd.user("alice")
     ws = ws_connect(kd, alice, alice_kernel["id"], v1=v1)
     try:
         assert ws.subprotocol == ("v1.kernel.websocket.jupyter.org" if v1 else None)
-        reply, _ = execute(ws, (
-            "def _echo(comm, open_msg):\n"
-            "    @comm.on_msg\n"
-            "    def _(msg):\n"
-            "        comm.send({'n': len(msg['buffers'])}, buffers=msg['buffers'])\n"
-            "get_ipython().kernel.comm_manager.register_target('echo', _echo)\n"), v1)
+        reply, _ = execute(
+            ws,
+            (
+                "def _echo(comm, open_msg):\n"
+                "    @comm.on_msg\n"
+                "    def _(msg):\n"
+                "        comm.send({'n': len(msg['buffers'])}, buffers=msg['buffers'])\n"
+                "get_ipython().kernel.comm_manager.register_target('echo', _echo)\n"
+            ),
+            v1,
+        )
         assert reply["content"]["status"] == "ok"
         comm_id = os.urandom(8).hex()
-        send(ws, message("comm_open", {"comm_id": comm_id, "target_name": "echo", "data": {}}),
-             v1)
+        send(ws, message("comm_open", {"comm_id": comm_id, "target_name": "echo", "data": {}}), v1)
         payload = [b"\x00\x01\x02binary\xff", os.urandom(3000)]
         msg = message("comm_msg", {"comm_id": comm_id, "data": {}})
         send(ws, msg, v1, payload)
         while True:
             got = recv(ws, v1)
-            if got["header"]["msg_type"] == "comm_msg" and \
-                    got["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+            if (
+                got["header"]["msg_type"] == "comm_msg"
+                and got["parent_header"].get("msg_id") == msg["header"]["msg_id"]
+            ):
                 break
         assert got["content"]["data"] == {"n": 2}
         assert [bytes(b) for b in got["buffers"]] == payload
@@ -97,8 +121,7 @@ def test_other_users_kernel_is_invisible(kd: Daemon, alice_kernel: dict[str, Any
     bob = kd.user("bob")
     kid = alice_kernel["id"]
     assert kid not in [k["id"] for k in bob.call("GET", "/api/kernels")]
-    for method, path in (("GET", ""), ("DELETE", ""), ("POST", "/interrupt"),
-                         ("POST", "/restart")):
+    for method, path in (("GET", ""), ("DELETE", ""), ("POST", "/interrupt"), ("POST", "/restart")):
         resp = bob.request(method, f"/api/kernels/{kid}{path}", json={})
         assert resp.status_code == 404, (method, path, resp.status_code)
         assert resp.json()["reason"] == "unknown-kernel"
@@ -116,8 +139,9 @@ def test_service_token_acts_for_kernel_username(kd: Daemon) -> None:  # noqa: F8
     carol = kd.user("carol")
     os.makedirs(os.path.join(kd.volume_root, "carol", "sub"), exist_ok=True)  # type: ignore[attr-defined]
     os.chown(os.path.join(kd.volume_root, "carol"), carol.call("GET", "/api/whoami")["uid"], -1)  # type: ignore[attr-defined]
-    kernel = start_kernel(hub, "python3-vol", KERNEL_USERNAME="carol",
-                          KERNEL_WORKING_DIR="/home/jovyan/work/sub")
+    kernel = start_kernel(
+        hub, "python3-vol", KERNEL_USERNAME="carol", KERNEL_WORKING_DIR="/home/jovyan/work/sub"
+    )
     try:
         assert kernel["user"] == "carol"
         assert kernel["id"] in [k["id"] for k in carol.call("GET", "/api/kernels")]
@@ -152,12 +176,12 @@ def test_bad_inputs(kd: Daemon) -> None:  # noqa: F811
         assert resp.status_code == status, (body, resp.status_code, resp.text)
         assert resp.json()["reason"] == reason, (body, resp.json())
         assert set(resp.json()) == {"reason", "message"}
-    resp = dave.request("POST", "/api/kernels", data="{not json",
-                        headers={"Content-Type": "application/json"})
+    resp = dave.request(
+        "POST", "/api/kernels", data="{not json", headers={"Content-Type": "application/json"}
+    )
     assert resp.status_code == 400 and resp.json()["reason"] == "malformed-json"
     unknown = "00000000-0000-4000-8000-000000000000"
-    for method, path in (("GET", ""), ("DELETE", ""), ("POST", "/interrupt"),
-                         ("POST", "/restart")):
+    for method, path in (("GET", ""), ("DELETE", ""), ("POST", "/interrupt"), ("POST", "/restart")):
         assert dave.request(method, f"/api/kernels/{unknown}{path}").status_code == 404
     for path in ("/api/kernels", "/api/kernelspecs", f"/api/kernels/{unknown}"):
         resp = requests.get(kd.url + path, timeout=10)
@@ -165,8 +189,9 @@ def test_bad_inputs(kd: Daemon) -> None:  # noqa: F811
         resp = requests.get(kd.url + path, headers={"Authorization": "token nope"}, timeout=10)
         assert resp.status_code == 401
     with pytest.raises(websocket.WebSocketBadStatusException) as err:
-        websocket.create_connection(kd.url.replace("http", "ws")
-                                    + f"/api/kernels/{unknown}/channels")
+        websocket.create_connection(
+            kd.url.replace("http", "ws") + f"/api/kernels/{unknown}/channels"
+        )
     assert err.value.status_code == 401
     assert dave.request("GET", "/api/kernelspecs/nope").status_code == 404
     assert dave.request("GET", "/kernelspecs/python3/../kernel.json").status_code == 404
@@ -228,15 +253,30 @@ def test_culling(kd: Daemon) -> None:  # noqa: F811
         for kernel in (busy_kept, busy_culled):
             ws = ws_connect(kd, frank, kernel["id"])
             sockets.append(ws)
-            send(ws, message("execute_request", {"code": "import time; time.sleep(600)",
-                                                 "silent": False, "store_history": False,
-                                                 "user_expressions": {}, "allow_stdin": False}),
-                 False)
-            wait_for(lambda k=kernel: frank.call("GET", f"/api/kernels/{k['id']}")[
-                "execution_state"] == "busy")
+            send(
+                ws,
+                message(
+                    "execute_request",
+                    {
+                        "code": "import time; time.sleep(600)",
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                    },
+                ),
+                False,
+            )
+            wait_for(
+                lambda k=kernel: (
+                    frank.call("GET", f"/api/kernels/{k['id']}")["execution_state"] == "busy"
+                )
+            )
         for kernel in (idle, busy_culled):
-            wait_for(lambda k=kernel: frank.request(
-                "GET", f"/api/kernels/{k['id']}").status_code == 404, timeout=60)
+            wait_for(
+                lambda k=kernel: frank.request("GET", f"/api/kernels/{k['id']}").status_code == 404,
+                timeout=60,
+            )
         ids = [k["id"] for k in frank.call("GET", "/api/kernels")]
         assert ids == [busy_kept["id"]]
         model = frank.call("GET", f"/api/kernels/{busy_kept['id']}")
@@ -250,22 +290,36 @@ def test_culling(kd: Daemon) -> None:  # noqa: F811
             frank.request("DELETE", f"/api/kernels/{kernel['id']}")
 
 
-def test_oom_marks_kernel_dead_and_restart_revives(kd: Daemon,  # noqa: F811
-                                                    alice_kernel: dict[str, Any]) -> None:
+def test_oom_marks_kernel_dead_and_restart_revives(
+    kd: Daemon,  # noqa: F811
+    alice_kernel: dict[str, Any],
+) -> None:
     alice = kd.user("alice")
     kernel = start_kernel(alice, "python3-small")
     kid = kernel["id"]
     try:
         ws = ws_connect(kd, alice, kid)
         try:
-            send(ws, message("execute_request", {"code": "x = b'x' * (1 << 30)",
-                                                 "silent": False, "store_history": False,
-                                                 "user_expressions": {}, "allow_stdin": False}),
-                 False)
+            send(
+                ws,
+                message(
+                    "execute_request",
+                    {
+                        "code": "x = b'x' * (1 << 30)",
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                    },
+                ),
+                False,
+            )
             while True:  # the client connected by WebSocket sees the kernel die
                 got = recv(ws, False)
-                if got["header"]["msg_type"] == "status" and \
-                        got["content"]["execution_state"] == "dead":
+                if (
+                    got["header"]["msg_type"] == "status"
+                    and got["content"]["execution_state"] == "dead"
+                ):
                     break
             model = alice.call("GET", f"/api/kernels/{kid}")
             assert model["execution_state"] == "dead"
@@ -292,9 +346,11 @@ def test_cli_kernel_commands(kd: Daemon, alice_kernel: dict[str, Any]) -> None: 
     from conftest import SANDBOXCTL
 
     env = kd.env(kd.user("alice").token)
-    out = subprocess.run([SANDBOXCTL, "kernel", "ls"], env=env, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [SANDBOXCTL, "kernel", "ls"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert alice_kernel["id"] in out
-    out = subprocess.run([SANDBOXCTL, "kernelspec", "ls"], env=env, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [SANDBOXCTL, "kernelspec", "ls"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert "python3-cull" in out

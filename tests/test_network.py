@@ -170,8 +170,9 @@ def build_topology() -> None:
 
 
 def spawn_in(ns: str, *argv: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", *argv],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{ns}", *argv], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -226,9 +227,25 @@ def start_daemon(d: Daemon) -> None:
     """Start the daemon in H with nsenter (not ``ip netns exec``: that remounts /sys)."""
     log = open(d.log_path, "ab")
     d.proc = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{H}", SANDBOXD, "serve", "--config", d.config_path,
-         "--instance", d.instance, "--listen", f"127.0.0.1:{d.port}", "--state-dir",
-         d.state_dir, "--run-dir", d.run_dir], stdout=log, stderr=subprocess.STDOUT)
+        [
+            "nsenter",
+            f"--net=/run/netns/{H}",
+            SANDBOXD,
+            "serve",
+            "--config",
+            d.config_path,
+            "--instance",
+            d.instance,
+            "--listen",
+            f"127.0.0.1:{d.port}",
+            "--state-dir",
+            d.state_dir,
+            "--run-dir",
+            d.run_dir,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     token_file = os.path.join(d.state_dir, "admin-token")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -250,8 +267,11 @@ def leftovers_in_h(prefix: str) -> list[str]:
         if name.startswith(prefix):
             left.append(f"link {name}")
     tables = json.loads(sh("nsenter", f"--net=/run/netns/{H}", "nft", "-j", "list", "tables"))
-    left += [f"nft {t['table']['name']}" for t in tables["nftables"]
-             if "table" in t and t["table"]["name"].startswith(prefix)]
+    left += [
+        f"nft {t['table']['name']}"
+        for t in tables["nftables"]
+        if "table" in t and t["table"]["name"].startswith(prefix)
+    ]
     return left
 
 
@@ -262,10 +282,12 @@ def net() -> Iterator[Net]:
     _setns(H)
     d = make_daemon(INST, CONFIG)
     try:
-        servers.append(spawn_in(U, PYTHON, "-u", "-c", SERVER, INTERNET, str(ECHO),
-                                str(ECHO_DENIED)))
-        servers.append(spawn_in(H, PYTHON, "-u", "-c", SERVER, "0.0.0.0", str(HOST_ALLOWED),
-                                str(HOST_DENIED)))
+        servers.append(
+            spawn_in(U, PYTHON, "-u", "-c", SERVER, INTERNET, str(ECHO), str(ECHO_DENIED))
+        )
+        servers.append(
+            spawn_in(H, PYTHON, "-u", "-c", SERVER, "0.0.0.0", str(HOST_ALLOWED), str(HOST_DENIED))
+        )
         start_daemon(d)
         world = Net(d)
         yield world
@@ -275,8 +297,20 @@ def net() -> Iterator[Net]:
         for proc in servers:
             proc.kill()
             proc.wait()
-        sh("nsenter", f"--net=/run/netns/{H}", SANDBOXD, "cleanup", "--instance", INST,
-           "--purge", "--state-dir", d.state_dir, "--run-dir", d.run_dir, check=False)
+        sh(
+            "nsenter",
+            f"--net=/run/netns/{H}",
+            SANDBOXD,
+            "cleanup",
+            "--instance",
+            INST,
+            "--purge",
+            "--state-dir",
+            d.state_dir,
+            "--run-dir",
+            d.run_dir,
+            check=False,
+        )
         _setns(TEST_NETNS)
         for ns in (H, U, L):
             sh("ip", "netns", "delete", ns, check=False)
@@ -294,8 +328,10 @@ def test_sandbox_reaches_upstream_through_nat(net: Net) -> None:
 
 def test_sandbox_files_and_interfaces(net: Net) -> None:
     alice = net.user("alice")
-    code = ("import socket; print(sorted(n for _, n in socket.if_nameindex()));"
-            "print(open('/etc/resolv.conf').read().strip()); print(open('/etc/hosts').read())")
+    code = (
+        "import socket; print(sorted(n for _, n in socket.if_nameindex()));"
+        "print(open('/etc/resolv.conf').read().strip()); print(open('/etc/hosts').read())"
+    )
     result, out, _ = alice.run_to_end([PYTHON, "-c", code], name="filecheck")
     assert result["exit_code"] == 0
     lines = out.splitlines()
@@ -314,10 +350,12 @@ def test_inbound_needs_a_published_port(net: Net) -> None:
     for ns in (L, U):
         out = probe_from(ns, f"tcp:{address(plain)}:{CTR}", f"tcp:{address(published)}:{CTR}")
         assert set(out.values()) == {"ERR"}, (ns, out)
-    out = probe_from(L, f"tcp:{LAN_HOST}:18080", f"tcp:{HOST_UP}:18080",
-                     f"udp:{HOST_UP}:18081")
-    assert out == {f"tcp:{LAN_HOST}:18080": LAN_CLIENT, f"tcp:{HOST_UP}:18080": LAN_CLIENT,
-                   f"udp:{HOST_UP}:18081": LAN_CLIENT}
+    out = probe_from(L, f"tcp:{LAN_HOST}:18080", f"tcp:{HOST_UP}:18080", f"udp:{HOST_UP}:18081")
+    assert out == {
+        f"tcp:{LAN_HOST}:18080": LAN_CLIENT,
+        f"tcp:{HOST_UP}:18080": LAN_CLIENT,
+        f"udp:{HOST_UP}:18081": LAN_CLIENT,
+    }
     assert probe_from(U, f"tcp:{HOST_UP}:18080") == {f"tcp:{HOST_UP}:18080": UPSTREAM}
     # the host itself reaches a published port on its own address
     assert probe_from(None, f"tcp:{HOST_UP}:18080")[f"tcp:{HOST_UP}:18080"] != "ERR"
@@ -326,8 +364,7 @@ def test_inbound_needs_a_published_port(net: Net) -> None:
         with pytest.raises(ApiError) as err:
             alice.run(["sleep", "60"], ports=ports)
         assert err.value.status == 409 and err.value.body["reason"] == "port-taken"
-    assert published["network_settings"]["ports"] == [
-        "18080:8080/tcp", f"{HOST_UP}:18081:8080/udp"]
+    assert published["network_settings"]["ports"] == ["18080:8080/tcp", f"{HOST_UP}:18081:8080/udp"]
     # removed with the sandbox: the port is closed and free again
     net.rm(alice, published["id"])
     assert probe_from(L, f"tcp:{LAN_HOST}:18080") == {f"tcp:{LAN_HOST}:18080": "ERR"}
@@ -368,14 +405,21 @@ def test_host_reaches_sandbox_sandbox_reaches_only_allowed_host_ports(net: Net) 
     sb = net.server(alice)
     gateway = sb["network_settings"]["gateway"]
     assert probe_from(None, f"tcp:{address(sb)}:{CTR}")[f"tcp:{address(sb)}:{CTR}"] == gateway
-    out = net.probe(alice, f"tcp:{gateway}:{HOST_ALLOWED}", f"tcp:{gateway}:{HOST_DENIED}",
-                    f"tcp:{HOST_UP}:{HOST_ALLOWED}", f"tcp:{HOST_UP}:{HOST_DENIED}",
-                    f"tcp:{LAN_HOST}:{HOST_DENIED}")
+    out = net.probe(
+        alice,
+        f"tcp:{gateway}:{HOST_ALLOWED}",
+        f"tcp:{gateway}:{HOST_DENIED}",
+        f"tcp:{HOST_UP}:{HOST_ALLOWED}",
+        f"tcp:{HOST_UP}:{HOST_DENIED}",
+        f"tcp:{LAN_HOST}:{HOST_DENIED}",
+    )
     assert out[f"tcp:{gateway}:{HOST_ALLOWED}"] != "ERR"
     assert out[f"tcp:{HOST_UP}:{HOST_ALLOWED}"] != "ERR"
     assert [k for k, v in out.items() if v == "ERR"] == [
-        f"tcp:{gateway}:{HOST_DENIED}", f"tcp:{HOST_UP}:{HOST_DENIED}",
-        f"tcp:{LAN_HOST}:{HOST_DENIED}"]
+        f"tcp:{gateway}:{HOST_DENIED}",
+        f"tcp:{HOST_UP}:{HOST_DENIED}",
+        f"tcp:{LAN_HOST}:{HOST_DENIED}",
+    ]
     net.rm(alice, sb["id"])
 
 
@@ -394,11 +438,11 @@ def test_metadata_and_private_blocked_unless_profile_allows(net: Net) -> None:
 
 def test_egress_none_and_allow_list(net: Net) -> None:
     alice = net.user("alice")
-    targets = (f"tcp:{INTERNET}:{ECHO}", f"tcp:{INTERNET}:{ECHO_DENIED}",
-               f"udp:{INTERNET}:{ECHO}")
+    targets = (f"tcp:{INTERNET}:{ECHO}", f"tcp:{INTERNET}:{ECHO_DENIED}", f"udp:{INTERNET}:{ECHO}")
     assert set(net.probe(alice, *targets, profile="closed").values()) == {"ERR"}
     assert net.probe(alice, *targets, profile="allowlist") == dict(
-        zip(targets, (HOST_UP, "ERR", "ERR"), strict=True))
+        zip(targets, (HOST_UP, "ERR", "ERR"), strict=True)
+    )
 
 
 # 7. the other modes ---------------------------------------------------------------------------
@@ -406,19 +450,24 @@ def test_egress_none_and_allow_list(net: Net) -> None:
 
 def test_network_none_is_loopback_only(net: Net) -> None:
     alice = net.user("alice")
-    code = ("import socket; print(sorted(n for _, n in socket.if_nameindex()))")
+    code = "import socket; print(sorted(n for _, n in socket.if_nameindex()))"
     result, out, _ = alice.run_to_end([PYTHON, "-c", code], network="none")
     assert out.strip() == "['lo']"
-    assert set(net.probe(alice, f"tcp:{INTERNET}:{ECHO}", f"tcp:{HOST_UP}:{HOST_ALLOWED}",
-                         network="none").values()) == {"ERR"}
+    assert set(
+        net.probe(
+            alice, f"tcp:{INTERNET}:{ECHO}", f"tcp:{HOST_UP}:{HOST_ALLOWED}", network="none"
+        ).values()
+    ) == {"ERR"}
 
 
 def test_container_mode_shares_the_stack(net: Net) -> None:
     alice, bob = net.user("alice"), net.user("bob")
     target = net.server(alice, name="target")
-    code = ("import socket; print(sorted(n for _, n in socket.if_nameindex()));"
-            f"s = socket.create_connection(('127.0.0.1', {CTR}), timeout=2);"
-            "print(s.recv(100).decode().strip())")
+    code = (
+        "import socket; print(sorted(n for _, n in socket.if_nameindex()));"
+        f"s = socket.create_connection(('127.0.0.1', {CTR}), timeout=2);"
+        "print(s.recv(100).decode().strip())"
+    )
     result, out, err = alice.run_to_end([PYTHON, "-c", code], network="container:target")
     assert result["exit_code"] == 0, err
     assert out.split() == ["['eth0',", "'lo']", "127.0.0.1"]
@@ -477,19 +526,29 @@ def test_network_api_and_errors(net: Net) -> None:
     assert all(n["user"] == "bob" for n in bob.call("GET", "/api/networks"))
     bob.call("GET", "/api/networks/proj", expect=404)
     bob.call("DELETE", "/api/networks/proj?user=alice", expect=403)
-    for body, status in (({"name": "host"}, 400), ({"name": "a b"}, 400), ({}, 400),
-                         ({"name": "proj"}, 409), ({"name": "x", "mtu": 1}, 400)):
+    for body, status in (
+        ({"name": "host"}, 400),
+        ({"name": "a b"}, 400),
+        ({}, 400),
+        ({"name": "proj"}, 409),
+        ({"name": "x", "mtu": 1}, 400),
+    ):
         err = alice.call("POST", "/api/networks", json=body, expect=status)
         assert set(err) == {"reason", "message"}
     alice.call("POST", "/api/networks", json={"name": "third"}, expect=201)
     err = alice.call("POST", "/api/networks", json={"name": "fourth"}, expect=429)
     assert err["reason"] == "max-networks"
-    for fields, status in (({"network": "nosuch"}, 404), ({"network": "a/b"}, 400),
-                           ({"ports": ["99999:1"]}, 400), ({"ports": "80:80"}, 400),
-                           ({"ports": ["80:80"], "network": "none"}, 400),
-                           ({"network": "container:nosuch"}, 404)):
-        err = alice.call("POST", "/api/sandboxes", json={"command": ["true"], **fields},
-                         expect=status)
+    for fields, status in (
+        ({"network": "nosuch"}, 404),
+        ({"network": "a/b"}, 400),
+        ({"ports": ["99999:1"]}, 400),
+        ({"ports": "80:80"}, 400),
+        ({"ports": ["80:80"], "network": "none"}, 400),
+        ({"network": "container:nosuch"}, 404),
+    ):
+        err = alice.call(
+            "POST", "/api/sandboxes", json={"command": ["true"], **fields}, expect=status
+        )
         assert set(err) == {"reason", "message"}
     sb = alice.run(["sleep", "60"], network="proj")
     assert alice.call("DELETE", "/api/networks/proj", expect=409)["reason"] == "network-in-use"
@@ -512,8 +571,18 @@ def test_cli_network_commands(net: Net) -> None:
     ls = ctl("network", "ls")
     assert ls.returncode == 0 and "clinet" in ls.stdout and "SUBNET" in ls.stdout
     assert json.loads(ctl("network", "inspect", "clinet").stdout)[0]["name"] == "clinet"
-    run = ctl("run", "--rm", "--network", "clinet", "-p", "18090:8080", "--", "/bin/sh", "-c",
-              "cat /etc/resolv.conf")
+    run = ctl(
+        "run",
+        "--rm",
+        "--network",
+        "clinet",
+        "-p",
+        "18090:8080",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /etc/resolv.conf",
+    )
     assert run.returncode == 0 and "198.19.0.53" in run.stdout, run.stderr
     bad = ctl("run", "--rm", "-p", "nonsense", "--", "true")
     assert bad.returncode != 0 and "port" in bad.stderr
@@ -547,9 +616,22 @@ def test_zz_cleanup_after_a_crash_removes_everything(net: Net) -> None:
     net.server(alice, network="macvlan")
     assert leftovers_in_h(INST)
     net.d.kill(signal.SIGKILL)
-    sh("nsenter", f"--net=/run/netns/{H}", SANDBOXD, "cleanup", "--instance", INST,
-       "--state-dir", net.d.state_dir, "--run-dir", net.d.run_dir)
+    sh(
+        "nsenter",
+        f"--net=/run/netns/{H}",
+        SANDBOXD,
+        "cleanup",
+        "--instance",
+        INST,
+        "--state-dir",
+        net.d.state_dir,
+        "--run-dir",
+        net.d.run_dir,
+    )
     assert leftovers_in_h(INST) == []
-    assert not [line for line in sh("ps", "-eo", "args").splitlines()
-                if line.startswith("bwrap") and INST in line]
+    assert not [
+        line
+        for line in sh("ps", "-eo", "args").splitlines()
+        if line.startswith("bwrap") and INST in line
+    ]
     net.started.clear()

@@ -18,21 +18,39 @@ from sandboxd.network import ipam, settings
 from sandboxd.runtime import nft
 
 RS = nft.Ruleset(
-    table="sbxq", pool="10.213.0.0/16",
-    networks=(nft.NetworkRules("sbxqbr-1", "10.213.0.0/24"),
-              nft.NetworkRules("sbxqbr-2", "10.213.1.0/24")),
-    policies=(nft.EgressPolicy("default"), nft.EgressPolicy("closed", "none"),
-              nft.EgressPolicy("allow", "allow", (nft.Allow("198.19.0.0/24", "tcp", 443),)),
-              nft.EgressPolicy("open", allow_private=("169.254.169.254/32",))),
-    sandboxes=(nft.SandboxRules("a" * 16, "sbxqbr-1", "10.213.0.2", "default",
-                                (nft.Published(8080, 80), nft.Published(53, 53, "udp", "1.2.3.4"))),
-               nft.SandboxRules("b" * 16, "sbxqbr-2", "10.213.1.2", "closed")),
-    host_ports=(("tcp", 8890),), resolvers=("198.19.0.53",))
+    table="sbxq",
+    pool="10.213.0.0/16",
+    networks=(
+        nft.NetworkRules("sbxqbr-1", "10.213.0.0/24"),
+        nft.NetworkRules("sbxqbr-2", "10.213.1.0/24"),
+    ),
+    policies=(
+        nft.EgressPolicy("default"),
+        nft.EgressPolicy("closed", "none"),
+        nft.EgressPolicy("allow", "allow", (nft.Allow("198.19.0.0/24", "tcp", 443),)),
+        nft.EgressPolicy("open", allow_private=("169.254.169.254/32",)),
+    ),
+    sandboxes=(
+        nft.SandboxRules(
+            "a" * 16,
+            "sbxqbr-1",
+            "10.213.0.2",
+            "default",
+            (nft.Published(8080, 80), nft.Published(53, 53, "udp", "1.2.3.4")),
+        ),
+        nft.SandboxRules("b" * 16, "sbxqbr-2", "10.213.1.2", "closed"),
+    ),
+    host_ports=(("tcp", 8890),),
+    resolvers=("198.19.0.53",),
+)
 
 
 def rules(cmds: list[dict], chain: str) -> list[list[dict]]:
-    return [c["add"]["rule"]["expr"] for c in cmds
-            if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == chain]
+    return [
+        c["add"]["rule"]["expr"]
+        for c in cmds
+        if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == chain
+    ]
 
 
 def test_build_is_deterministic_and_replaces_the_table() -> None:
@@ -101,16 +119,20 @@ def test_empty_ruleset_has_no_bridge_rules() -> None:
 
 
 def test_the_kernel_accepts_the_ruleset() -> None:
-    proc = subprocess.run(["nft", "-c", "-j", "-f", "-"],
-                          input=json.dumps({"nftables": nft.build(RS)}),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["nft", "-c", "-j", "-f", "-"],
+        input=json.dumps({"nftables": nft.build(RS)}),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
 def test_ipam_lowest_free_and_reuse() -> None:
     assert ipam.next_subnet("10.213.0.0/16", 24, []) == "10.213.0.0/24"
-    assert ipam.next_subnet("10.213.0.0/16", 24, ["10.213.0.0/24", "10.213.2.0/24"]) == \
-        "10.213.1.0/24"
+    assert (
+        ipam.next_subnet("10.213.0.0/16", 24, ["10.213.0.0/24", "10.213.2.0/24"]) == "10.213.1.0/24"
+    )
     assert ipam.gateway_of("10.213.1.0/24") == "10.213.1.1"
     assert ipam.next_address("10.213.1.0/24", []) == "10.213.1.2"
     assert ipam.next_address("10.213.1.0/24", ["10.213.1.2", "10.213.1.4"]) == "10.213.1.3"
@@ -124,22 +146,29 @@ def test_ipam_lowest_free_and_reuse() -> None:
 def test_pool_overlap() -> None:
     import ipaddress
 
-    routes = [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("10.213.5.0/24"),
-              ipaddress.ip_network("192.168.1.0/24")]
+    routes = [
+        ipaddress.ip_network("0.0.0.0/0"),
+        ipaddress.ip_network("10.213.5.0/24"),
+        ipaddress.ip_network("192.168.1.0/24"),
+    ]
     assert ipam.overlapping("10.213.0.0/16", routes) == [routes[1]]
 
 
-@pytest.mark.parametrize("text, want", [
-    ("8080:80", nft.Published(8080, 80)),
-    ("8080:80/udp", nft.Published(8080, 80, "udp")),
-    ("127.0.0.1:8080:80/tcp", nft.Published(8080, 80, "tcp", "127.0.0.1")),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("8080:80", nft.Published(8080, 80)),
+        ("8080:80/udp", nft.Published(8080, 80, "udp")),
+        ("127.0.0.1:8080:80/tcp", nft.Published(8080, 80, "tcp", "127.0.0.1")),
+    ],
+)
 def test_parse_port(text: str, want: nft.Published) -> None:
     assert settings.parse_port(text) == want
 
 
-@pytest.mark.parametrize("text", ["80", "0:80", "70000:80", "a:80", "1.2.3:80:80", "80:80/sctp",
-                                  "80:80:80:80", ""])
+@pytest.mark.parametrize(
+    "text", ["80", "0:80", "70000:80", "a:80", "1.2.3:80:80", "80:80/sctp", "80:80:80:80", ""]
+)
 def test_parse_port_refuses(text: str) -> None:
     with pytest.raises(InvalidRequest):
         settings.parse_port(text)
@@ -159,19 +188,29 @@ def test_check_mode() -> None:
 
 
 def test_config_network_keys() -> None:
-    cfg = config.load(overrides={"network": {"host_ports": ["tcp/8890", "53/udp"],
-                                             "resolvers": ["1.1.1.1"]},
-                                 "profiles": {"x": {"egress": "allow",
-                                                    "egress_allow": ["1.2.3.0/24:443"]}}})
+    cfg = config.load(
+        overrides={
+            "network": {"host_ports": ["tcp/8890", "53/udp"], "resolvers": ["1.1.1.1"]},
+            "profiles": {"x": {"egress": "allow", "egress_allow": ["1.2.3.0/24:443"]}},
+        }
+    )
     assert cfg.network.host_ports == (("tcp", 8890), ("udp", 53))
     assert cfg.network.resolvers == ("1.1.1.1",)
     assert cfg.profiles["x"].egress.allow == (nft.Allow("1.2.3.0/24", "tcp", 443),)
     assert cfg.profiles["default"].egress.mode == "nat"
-    for bad in ({"network": {"pool": "nope"}}, {"network": {"bogus": 1}},
-                {"network": {"macvlan_parent": "eth0", "macvlan_subnet": "10.0.0.0/24",
-                             "macvlan_range": "10.1.0.0/28"}},
-                {"profiles": {"default": {"egress": "open"}}},
-                {"profiles": {"default": {"egress_allow": ["1.2.3.4:99999"]}}}):
+    for bad in (
+        {"network": {"pool": "nope"}},
+        {"network": {"bogus": 1}},
+        {
+            "network": {
+                "macvlan_parent": "eth0",
+                "macvlan_subnet": "10.0.0.0/24",
+                "macvlan_range": "10.1.0.0/28",
+            }
+        },
+        {"profiles": {"default": {"egress": "open"}}},
+        {"profiles": {"default": {"egress_allow": ["1.2.3.4:99999"]}}},
+    ):
         with pytest.raises(InvalidRequest) as err:
             config.load(overrides=bad)
         assert err.value.reason == "bad-config"

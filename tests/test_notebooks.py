@@ -23,23 +23,35 @@ from jupyter_server.utils import url_escape, url_path_join
 from nbclient import NotebookClient
 from test_kernel_fixtures import kd  # noqa: F401
 
-NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         "notebooks")
+NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
 
 
 class TokenGatewayKernelClient(GatewayKernelClient):
     """jupyter_server's gateway kernel client, sending the gateway token on its WebSocket."""
 
-    async def start_channels(self, shell: bool = True, iopub: bool = True, stdin: bool = True,
-                             hb: bool = True, control: bool = True) -> None:
+    async def start_channels(
+        self,
+        shell: bool = True,
+        iopub: bool = True,
+        stdin: bool = True,
+        hb: bool = True,
+        control: bool = True,
+    ) -> None:
         gateway = GatewayClient.instance()
-        url = url_path_join(gateway.ws_url or "", gateway.kernels_endpoint,
-                            url_escape(self.kernel_id), "channels")
+        url = url_path_join(
+            gateway.ws_url or "", gateway.kernels_endpoint, url_escape(self.kernel_id), "channels"
+        )
         self.channel_socket = websocket.create_connection(
-            url, timeout=gateway.KERNEL_LAUNCH_TIMEOUT, enable_multithread=True,
-            header=[f"{gateway.auth_header_key}: {gateway.auth_scheme} {gateway.auth_token}"])
-        await ensure_async(super(GatewayKernelClient, self).start_channels(
-            shell=shell, iopub=iopub, stdin=stdin, hb=hb, control=control))
+            url,
+            timeout=gateway.KERNEL_LAUNCH_TIMEOUT,
+            enable_multithread=True,
+            header=[f"{gateway.auth_header_key}: {gateway.auth_scheme} {gateway.auth_token}"],
+        )
+        await ensure_async(
+            super(GatewayKernelClient, self).start_channels(
+                shell=shell, iopub=iopub, stdin=stdin, hb=hb, control=control
+            )
+        )
         from threading import Thread
 
         self.response_router = Thread(target=self._route_responses)
@@ -62,11 +74,11 @@ def run_notebook(d: Daemon, client: Client, name: str, kernel_name: str = "pytho
     gateway.auth_token = client.token
     gateway.init_connection_args()
     nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
-    km = NamedGatewayKernelManager(kernel_name=kernel_name,
-                                   client_factory=TokenGatewayKernelClient)
+    km = NamedGatewayKernelManager(kernel_name=kernel_name, client_factory=TokenGatewayKernelClient)
     try:
-        NotebookClient(nb, km=km, timeout=120, kernel_name=kernel_name,
-                       allow_errors=False).execute()
+        NotebookClient(
+            nb, km=km, timeout=120, kernel_name=kernel_name, allow_errors=False
+        ).execute()
     finally:
         if km.kernel_id:
             run_sync(km.shutdown_kernel)()

@@ -16,14 +16,19 @@ from jupyter_client.manager import AsyncKernelManager
 from test_kernel_fixtures import kd  # noqa: F401
 
 
-def test_provisioner_runs_a_sandboxed_kernel(kd: Daemon,  # noqa: F811
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_provisioner_runs_a_sandboxed_kernel(
+    kd: Daemon,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     gina = kd.user("gina")
     prefix = tempfile.mkdtemp(prefix="ksprefix-")
     try:
-        subprocess.run([SANDBOXCTL, "kernelspec", "install", "--prefix", prefix,
-                        "--name", "sbx-test"], env=kd.env(gina.token), check=True,
-                       capture_output=True)
+        subprocess.run(
+            [SANDBOXCTL, "kernelspec", "install", "--prefix", prefix, "--name", "sbx-test"],
+            env=kd.env(gina.token),
+            check=True,
+            capture_output=True,
+        )
         kernels_dir = os.path.join(prefix, "share", "jupyter", "kernels")
         ksm = KernelSpecManager(kernel_dirs=[kernels_dir])
         spec = ksm.get_kernel_spec("sbx-test")
@@ -43,7 +48,8 @@ def test_provisioner_runs_a_sandboxed_kernel(kd: Daemon,  # noqa: F811
                 reply = await kc.execute_interactive(
                     "import os; print(os.getuid(), os.environ.get('SANDBOXD_SANDBOX_ID'))",
                     output_hook=lambda m: outputs.append(m["content"].get("text", "")),
-                    timeout=60)
+                    timeout=60,
+                )
                 assert reply["content"]["status"] == "ok"
                 return listed[0]["sandbox"], outputs
             finally:

@@ -31,7 +31,14 @@ def test_volume_rules(tmp_path) -> None:
     allowed = (str(root),)
     vol = rootfs.resolve_volume(f"{root}/alice:/data:ro", allowed)
     assert vol.read_only and vol.container == "/data"
-    for bad in (f"{root}/out:/x", "/etc:/x", f"{root}/../x:/x", f"{root}/alice:rel",
-                f"{root}/alice:/proc", f"{root}/alice:/x:rwx", "nocolon"):
+    for bad in (
+        f"{root}/out:/x",
+        "/etc:/x",
+        f"{root}/../x:/x",
+        f"{root}/alice:rel",
+        f"{root}/alice:/proc",
+        f"{root}/alice:/x:rwx",
+        "nocolon",
+    ):
         with pytest.raises(InvalidRequest):
             rootfs.resolve_volume(bad, allowed)

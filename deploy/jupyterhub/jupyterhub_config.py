@@ -49,15 +49,19 @@ c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
 
 # --- the idle culler (a Hub-managed service) -------------------------------------------------
-c.JupyterHub.load_roles = [{
-    "name": "jupyterhub-idle-culler-role",
-    "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-    "services": ["jupyterhub-idle-culler-service"],
-}]
-c.JupyterHub.services = [{
-    "name": "jupyterhub-idle-culler-service",
-    "command": [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout=3600"],
-}]
+c.JupyterHub.load_roles = [
+    {
+        "name": "jupyterhub-idle-culler-role",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["jupyterhub-idle-culler-service"],
+    }
+]
+c.JupyterHub.services = [
+    {
+        "name": "jupyterhub-idle-culler-service",
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout=3600"],
+    }
+]
 
 # --- who may log in -----------------------------------------------------------------------------
 if os.environ.get("JUPYTERHUB_DEMO"):  # a local try-out: any name, no password

@@ -42,9 +42,12 @@ class BaseHandler(web.RequestHandler):
         user = self.sbx.authenticate(token_from(self.request))
         if user is None:
             header = self.request.headers.get("Authorization") or self.get_query_argument(
-                "token", None)
-            raise Unauthorized("a valid token is required" if header else "no token given",
-                               reason="bad-token" if header else "no-token")
+                "token", None
+            )
+            raise Unauthorized(
+                "a valid token is required" if header else "no token given",
+                reason="bad-token" if header else "no-token",
+            )
         return user
 
     def body(self) -> Any:
@@ -64,8 +67,10 @@ class BaseHandler(web.RequestHandler):
         if isinstance(exc, SandboxdError):
             payload = exc.to_json()
         elif isinstance(exc, web.HTTPError):
-            payload = {"reason": exc.reason or "http-error",
-                       "message": exc.log_message or self._reason}
+            payload = {
+                "reason": exc.reason or "http-error",
+                "message": exc.log_message or self._reason,
+            }
         else:
             payload = {"reason": "internal-error", "message": "internal error (see daemon log)"}
         self.set_header("Content-Type", "application/json")

@@ -60,8 +60,12 @@ class KernelspecsHandler(KernelBase):
             user = wanted
         admin = actor.admin and user == actor.name
         visible = specs.visible(self.sbx.config, user, admin)
-        self.send({"default": specs.default_name(visible),
-                   "kernelspecs": {n: ks.model() for n, ks in sorted(visible.items())}})
+        self.send(
+            {
+                "default": specs.default_name(visible),
+                "kernelspecs": {n: ks.model() for n, ks in sorted(visible.items())},
+            }
+        )
 
 
 class KernelspecHandler(KernelBase):
@@ -76,8 +80,9 @@ class KernelspecResourceHandler(KernelBase):
         path = specs.resource_path(self.sbx.config, name, fname)
         with open(path, "rb") as fh:
             data = fh.read()
-        self.set_header("Content-Type", mimetypes.guess_type(fname)[0]
-                        or "application/octet-stream")
+        self.set_header(
+            "Content-Type", mimetypes.guess_type(fname)[0] or "application/octet-stream"
+        )
         self.set_header("Cache-Control", "max-age=3600")
         self.finish(data)
 
@@ -155,8 +160,12 @@ class KernelChannelsHandler(websocket.WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         self.set_nodelay(True)  # Nagle + delayed ACK would add ~40 ms per cell (jupyter.md §7)
-        self.client = ClientConnection(self.selected_subprotocol, self._send, self._close,
-                                       self.get_query_argument("session_id", ""))
+        self.client = ClientConnection(
+            self.selected_subprotocol,
+            self._send,
+            self._close,
+            self.get_query_argument("session_id", ""),
+        )
         self.kernels.connect(self.kernel, self.client)
 
     def _send(self, data: bytes | str, binary: bool) -> None:

@@ -33,8 +33,12 @@ def log_request(handler: web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     logging.getLogger("tornado.access").log(
-        level, "%d %s %.2fms", status, handler._request_summary(),
-        1000.0 * handler.request.request_time())
+        level,
+        "%d %s %.2fms",
+        status,
+        handler._request_summary(),
+        1000.0 * handler.request.request_time(),
+    )
 
 
 class MetricsHandler(BaseHandler):
@@ -52,14 +56,17 @@ class MetricsHandler(BaseHandler):
             return
         token = token_from(self.request)
         if token is None:
-            raise Unauthorized("/metrics needs the metrics token or an admin token",
-                               reason="no-token")
-        if config.metrics_token and hmac.compare_digest(token.encode(),
-                                                        config.metrics_token.encode()):
+            raise Unauthorized(
+                "/metrics needs the metrics token or an admin token", reason="no-token"
+            )
+        if config.metrics_token and hmac.compare_digest(
+            token.encode(), config.metrics_token.encode()
+        ):
             return
         user = self.sbx.authenticate(token)
         if user is None:
             raise Unauthorized("a valid token is required", reason="bad-token")
         if not user.admin:
-            raise Forbidden("/metrics needs the metrics token or an admin token",
-                            reason="not-admin")
+            raise Forbidden(
+                "/metrics needs the metrics token or an admin token", reason="not-admin"
+            )

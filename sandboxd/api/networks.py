@@ -44,7 +44,7 @@ class NetworksHandler(BaseHandler):
         actor = self.current()
         body = self.body()
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            raise InvalidRequest("expected {\"name\": ...}")
+            raise InvalidRequest('expected {"name": ...}')
         if set(body) - {"name", "user"}:
             raise InvalidRequest(f"unknown field {sorted(set(body) - {'name', 'user'})[0]!r}")
         owner = _owner(self, actor, body.get("user"))

@@ -51,8 +51,9 @@ class StopHandler(BaseHandler):
         actor = self.current()
         body = self.body()
         timeout = body.get("timeout") if isinstance(body, dict) else None
-        if timeout is not None and (isinstance(timeout, bool)
-                                    or not isinstance(timeout, (int, float)) or timeout < 0):
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        ):
             raise InvalidRequest("timeout: expected a non-negative number of seconds")
         self.send(self.sbx.model(await self.sbx.stop(actor, ref, timeout)))
 
@@ -88,13 +89,18 @@ async def sampled_stats(sbx: Any, records: list[SandboxRecord]) -> list[dict[str
         used = now["cpu_usage_seconds"] - before["cpu_usage_seconds"]
         from ..service import iso
 
-        out.append({
-            "id": rec.id, "name": rec.name, "user": rec.user, "read": iso(time.time()),
-            "cpu_percent": round(100.0 * used / elapsed, 2) if elapsed > 0 else 0.0,
-            **now,
-            "memory_percent": _percent(now["memory_usage"], now["memory_limit"]),
-            **sbx.network_counters(rec),
-        })
+        out.append(
+            {
+                "id": rec.id,
+                "name": rec.name,
+                "user": rec.user,
+                "read": iso(time.time()),
+                "cpu_percent": round(100.0 * used / elapsed, 2) if elapsed > 0 else 0.0,
+                **now,
+                "memory_percent": _percent(now["memory_usage"], now["memory_limit"]),
+                **sbx.network_counters(rec),
+            }
+        )
     return out
 
 
@@ -124,8 +130,9 @@ class AttachHandler(websocket.WebSocketHandler):
         if user is None:
             self.set_status(401)
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"reason": "unauthorized",
-                                    "message": "a valid token is required"}))
+            self.finish(
+                json.dumps({"reason": "unauthorized", "message": "a valid token is required"})
+            )
             return
         try:
             self.rec = self.sbx.lookup(user, args[0])
@@ -152,9 +159,11 @@ class AttachHandler(websocket.WebSocketHandler):
                 if live is None:
                     self._drain()
                     rec = self.sbx.store.get_sandbox(sid)
-                    result = {"exit_code": rec.exit_code if rec else None,
-                              "oom_killed": rec.oom_killed if rec else False,
-                              "reason": rec.reason if rec else "removed"}
+                    result = {
+                        "exit_code": rec.exit_code if rec else None,
+                        "oom_killed": rec.oom_killed if rec else False,
+                        "reason": rec.reason if rec else "removed",
+                    }
                     await self.write_message(json.dumps(result))
                     self.close()
                     return

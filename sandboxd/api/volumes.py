@@ -20,16 +20,28 @@ VOLUME = r"([A-Za-z0-9][A-Za-z0-9_.-]*)"
 class VolumeHandler(BaseHandler):
     def put(self, user: str, name: str) -> None:
         actor = self.current()
-        model = volumes.ensure(self.sbx.config, self.sbx.store, actor, user, name,
-                               self.get_query_argument("root", None))
+        model = volumes.ensure(
+            self.sbx.config,
+            self.sbx.store,
+            actor,
+            user,
+            name,
+            self.get_query_argument("root", None),
+        )
         if model["created"]:
             self.sbx.store.audit(actor.name, "volume-create", f"{user}/{name}", model["host"])
         self.send(model, 201 if model["created"] else 200)
 
     def delete(self, user: str, name: str) -> None:
         actor = self.current()
-        volumes.remove(self.sbx.config, self.sbx.store, actor, user, name,
-                       self.get_query_argument("root", None))
+        volumes.remove(
+            self.sbx.config,
+            self.sbx.store,
+            actor,
+            user,
+            name,
+            self.get_query_argument("root", None),
+        )
         self.sbx.store.audit(actor.name, "volume-rm", f"{user}/{name}")
         self.set_status(204)
         self.finish()

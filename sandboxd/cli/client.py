@@ -125,8 +125,9 @@ class Client:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
                 if attempt == 2:
-                    raise ApiError(0, "unreachable",
-                                   f"sandboxd at {self.url} closed the connection") from exc
+                    raise ApiError(
+                        0, "unreachable", f"sandboxd at {self.url} closed the connection"
+                    ) from exc
             except TimeoutError as exc:
                 self.close()
                 raise ApiError(0, "timeout", f"sandboxd at {self.url} did not answer") from exc

@@ -18,8 +18,10 @@ Command = Callable[..., argparse.ArgumentParser]
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [headers, *rows])
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [headers, *rows]
+    )
 
 
 def _print(data: Any, as_json: bool, render: Callable[[Any], str]) -> int:
@@ -28,9 +30,20 @@ def _print(data: Any, as_json: bool, render: Callable[[Any], str]) -> int:
 
 
 def kernel_rows(kernels: list[dict[str, Any]]) -> str:
-    return _table(["KERNEL ID", "NAME", "USER", "STATE", "CONNECTIONS", "LAST ACTIVITY"],
-                  [[k["id"], k["name"], k.get("user", ""), k["execution_state"],
-                    str(k["connections"]), k["last_activity"]] for k in kernels])
+    return _table(
+        ["KERNEL ID", "NAME", "USER", "STATE", "CONNECTIONS", "LAST ACTIVITY"],
+        [
+            [
+                k["id"],
+                k["name"],
+                k.get("user", ""),
+                k["execution_state"],
+                str(k["connections"]),
+                k["last_activity"],
+            ]
+            for k in kernels
+        ],
+    )
 
 
 def cmd_kernel_ls(client: Client, args: argparse.Namespace) -> int:
@@ -71,27 +84,40 @@ def cmd_kernelspec_ls(client: Client, args: argparse.Namespace) -> int:
         rows = []
         for name, ks in d["kernelspecs"].items():
             meta = (ks["spec"].get("metadata") or {}).get("sandboxd") or {}
-            rows.append([name + (" *" if name == d["default"] else ""),
-                         ks["spec"].get("display_name", ""), meta.get("profile", "default")])
+            rows.append(
+                [
+                    name + (" *" if name == d["default"] else ""),
+                    ks["spec"].get("display_name", ""),
+                    meta.get("profile", "default"),
+                ]
+            )
         return _table(["NAME", "DISPLAY NAME", "PROFILE"], rows)
 
     return _print(data, args.json, render)
 
 
-def install_kernelspec(url: str, kernelspec: str, name: str, display_name: str | None,
-                       user: bool, prefix: str | None) -> str:
+def install_kernelspec(
+    url: str, kernelspec: str, name: str, display_name: str | None, user: bool, prefix: str | None
+) -> str:
     """Write a local kernelspec whose kernels run in sandboxd through the provisioner."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "kernelspec", "python3")
+    shipped = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        "kernelspec",
+        "python3",
+    )
     spec = {
         "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": display_name or f"Python 3 (sandboxd: {kernelspec})",
         "language": "python",
         "interrupt_mode": "message",
-        "metadata": {"kernel_provisioner": {"provisioner_name": "sandboxd", "config": {
-            "url": url, "kernelspec": kernelspec}}},
+        "metadata": {
+            "kernel_provisioner": {
+                "provisioner_name": "sandboxd",
+                "config": {"url": url, "kernelspec": kernelspec},
+            }
+        },
     }
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "kernel.json"), "w") as fh:
@@ -104,8 +130,9 @@ def install_kernelspec(url: str, kernelspec: str, name: str, display_name: str |
 
 
 def cmd_kernelspec_install(client: Client, args: argparse.Namespace) -> int:
-    path = install_kernelspec(client.url, args.kernelspec, args.name, args.display_name,
-                              args.user, args.prefix)
+    path = install_kernelspec(
+        client.url, args.kernelspec, args.name, args.display_name, args.user, args.prefix
+    )
     print(f"installed kernelspec {args.name} in {path}")
     return 0
 
@@ -119,9 +146,11 @@ def add_kernel_commands(sub: Any, command: Command) -> None:
     p.add_argument("name", nargs="?", default=None, help="kernelspec (default: the default)")
     p.add_argument("-e", "--env", action="append", help="KERNEL_*=VALUE")
     p.add_argument("--json", action="store_true")
-    for name, func, text in (("inspect", cmd_kernel_inspect, "a kernel's model"),
-                             ("interrupt", cmd_kernel_interrupt, "SIGINT the kernel"),
-                             ("restart", cmd_kernel_restart, "a fresh kernel, same id")):
+    for name, func, text in (
+        ("inspect", cmd_kernel_inspect, "a kernel's model"),
+        ("interrupt", cmd_kernel_interrupt, "SIGINT the kernel"),
+        ("restart", cmd_kernel_restart, "a fresh kernel, same id"),
+    ):
         p = command(ksub, name, func, text)
         p.add_argument("kernel")
     p = command(ksub, "rm", cmd_kernel_rm, "shut kernels down")
@@ -131,8 +160,12 @@ def add_kernel_commands(sub: Any, command: Command) -> None:
     ssub = spec.add_subparsers(title="kernelspec commands", metavar="COMMAND")
     p = command(ssub, "ls", cmd_kernelspec_ls, "list the daemon's kernelspecs")
     p.add_argument("--json", action="store_true")
-    p = command(ssub, "install", cmd_kernelspec_install,
-                "install a local kernelspec that runs its kernels in sandboxd (provisioner)")
+    p = command(
+        ssub,
+        "install",
+        cmd_kernelspec_install,
+        "install a local kernelspec that runs its kernels in sandboxd (provisioner)",
+    )
     p.add_argument("--user", action="store_true", help="install for the current user only")
     p.add_argument("--prefix", help="install under PREFIX/share/jupyter/kernels")
     p.add_argument("--name", default="sandboxd-python3", help="local kernelspec name")

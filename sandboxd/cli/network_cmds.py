@@ -13,9 +13,14 @@ HEADERS = ("NAME", "SUBNET", "GATEWAY", "BRIDGE", "SANDBOXES", "USER")
 
 
 def network_row(model: dict[str, Any]) -> list[str]:
-    return [str(model.get("name", "")), str(model.get("subnet", "")),
-            str(model.get("gateway", "")), str(model.get("bridge", "")),
-            str(len(model.get("sandboxes") or {})), str(model.get("user", ""))]
+    return [
+        str(model.get("name", "")),
+        str(model.get("subnet", "")),
+        str(model.get("gateway", "")),
+        str(model.get("bridge", "")),
+        str(len(model.get("sandboxes") or {})),
+        str(model.get("user", "")),
+    ]
 
 
 def _params(args: argparse.Namespace) -> dict[str, str] | None:
@@ -64,8 +69,9 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> int:
     return code
 
 
-Command = Callable[[Any, str, Callable[[Client, argparse.Namespace], int], str],
-                   argparse.ArgumentParser]
+Command = Callable[
+    [Any, str, Callable[[Client, argparse.Namespace], int], str], argparse.ArgumentParser
+]
 
 
 def add_network_commands(sub: Any, command: Command) -> None:

@@ -436,8 +436,13 @@ def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
 def cmd_top(client: Client, args: argparse.Namespace) -> int:
     from sandboxd.cli import top
 
-    return top.run(client.stats, sort=args.sort, interval=args.interval,
-                   iterations=args.iterations, limit=args.limit)
+    return top.run(
+        client.stats,
+        sort=args.sort,
+        interval=args.interval,
+        iterations=args.iterations,
+        limit=args.limit,
+    )
 
 
 def cmd_stats(client: Client, args: argparse.Namespace) -> int:
@@ -554,8 +559,9 @@ def quota_request(args: argparse.Namespace) -> Json:
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
     if not body:
-        raise UsageError("quota set: give at least one of --max-sandboxes, --max-kernels, "
-                         "--memory, --cpus")
+        raise UsageError(
+            "quota set: give at least one of --max-sandboxes, --max-kernels, --memory, --cpus"
+        )
     return body
 
 
@@ -625,10 +631,18 @@ def _add_run(sub: Any) -> None:
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     p.add_argument("-w", "--workdir")
     p.add_argument("--user", help="admin only: run for this user")
-    p.add_argument("--network",
-                   help="bridge (default), a network name, none, host, container:ID, macvlan")
-    p.add_argument("-p", "--publish", dest="ports", action="append", default=[],
-                   metavar="[HOSTIP:]HOSTPORT:CTRPORT[/PROTO]", help="publish a port")
+    p.add_argument(
+        "--network", help="bridge (default), a network name, none, host, container:ID, macvlan"
+    )
+    p.add_argument(
+        "-p",
+        "--publish",
+        dest="ports",
+        action="append",
+        default=[],
+        metavar="[HOSTIP:]HOSTPORT:CTRPORT[/PROTO]",
+        help="publish a port",
+    )
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
 

@@ -23,8 +23,17 @@ SORT_KEYS: dict[str, Callable[[Json], float]] = {
     "pids": lambda s: float(s.get("pids_current") or 0),
     "io": lambda s: float((s.get("io_read_bytes") or 0) + (s.get("io_write_bytes") or 0)),
 }
-HEADERS = ("ID", "NAME", "USER", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS", "BLOCK I/O",
-           "NET I/O")
+HEADERS = (
+    "ID",
+    "NAME",
+    "USER",
+    "CPU %",
+    "MEM USAGE / LIMIT",
+    "MEM %",
+    "PIDS",
+    "BLOCK I/O",
+    "NET I/O",
+)
 CLEAR = "\x1b[H\x1b[2J"
 
 
@@ -52,26 +61,37 @@ def row(stats: Json) -> list[str]:
     ]
 
 
-def render(stats: Sequence[Json], sort: str = "cpu", limit: int | None = None,
-           now: float | None = None) -> str:
+def render(
+    stats: Sequence[Json], sort: str = "cpu", limit: int | None = None, now: float | None = None
+) -> str:
     """One screen: a summary line, then the sandboxes, biggest ``sort`` first."""
     ordered = sorted(stats, key=SORT_KEYS[sort], reverse=True)
     shown = ordered[:limit] if limit else ordered
     cpu = sum(SORT_KEYS["cpu"](s) for s in stats)
     mem = sum(int(s.get("memory_usage") or 0) for s in stats)
     stamp = time.strftime("%H:%M:%S", time.localtime(now))
-    head = (f"sandboxctl top - {stamp} - {len(stats)} running, CPU {cpu:.1f}%, "
-            f"memory {format_size(mem)} - sorted by {sort}")
+    head = (
+        f"sandboxctl top - {stamp} - {len(stats)} running, CPU {cpu:.1f}%, "
+        f"memory {format_size(mem)} - sorted by {sort}"
+    )
     rows = [list(HEADERS)] + [row(s) for s in shown]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
-    lines = ["   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-             for r in rows]
+    lines = [
+        "   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
     return "\n".join([head, "", *lines]) + "\n"
 
 
-def run(fetch: Callable[[], list[Json]], *, sort: str = "cpu", interval: float = 2.0,
-        iterations: int | None = None, limit: int | None = None, out: TextIO = sys.stdout,
-        clear: bool | None = None) -> int:
+def run(
+    fetch: Callable[[], list[Json]],
+    *,
+    sort: str = "cpu",
+    interval: float = 2.0,
+    iterations: int | None = None,
+    limit: int | None = None,
+    out: TextIO = sys.stdout,
+    clear: bool | None = None,
+) -> int:
     """Refresh every ``interval`` seconds until interrupted or ``iterations`` screens."""
     clear = out.isatty() if clear is None else clear
     shown = 0

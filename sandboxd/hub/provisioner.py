@@ -32,8 +32,13 @@ from traitlets import Unicode
 
 from ..kernels import wire
 
-LOCAL_CHANNELS = {"shell": zmq.ROUTER, "control": zmq.ROUTER, "stdin": zmq.ROUTER,
-                  "iopub": zmq.PUB, "hb": zmq.REP}
+LOCAL_CHANNELS = {
+    "shell": zmq.ROUTER,
+    "control": zmq.ROUTER,
+    "stdin": zmq.ROUTER,
+    "iopub": zmq.PUB,
+    "hb": zmq.REP,
+}
 
 
 def _token() -> str:
@@ -48,8 +53,9 @@ def _token() -> str:
 class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     """Runs the kernel in a sandboxd sandbox and relays its channels locally."""
 
-    url = Unicode(os.environ.get("SANDBOXD_URL", "http://127.0.0.1:8890"), config=True,
-                  help="sandboxd's URL")
+    url = Unicode(
+        os.environ.get("SANDBOXD_URL", "http://127.0.0.1:8890"), config=True, help="sandboxd's URL"
+    )
     kernelspec = Unicode("python3", config=True, help="the daemon's kernelspec to start")
 
     remote_id: str | None = None
@@ -59,10 +65,12 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def _api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         req = httpclient.HTTPRequest(
-            self.url.rstrip("/") + path, method=method,
+            self.url.rstrip("/") + path,
+            method=method,
             headers={"Authorization": f"token {_token()}", "Content-Type": "application/json"},
             body=json.dumps(body) if body is not None else (b"" if method == "POST" else None),
-            request_timeout=120)
+            request_timeout=120,
+        )
         resp = await httpclient.AsyncHTTPClient().fetch(req, raise_error=False)
         data = json.loads(resp.body) if resp.body else None
         return resp.code, data
@@ -80,22 +88,26 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict[str, Any]:
         env = {k: v for k, v in (kwargs.get("env") or {}).items() if k.startswith("KERNEL_")}
-        code, model = await self._api("POST", "/api/kernels",
-                                      {"name": self.kernelspec, "env": env})
+        code, model = await self._api("POST", "/api/kernels", {"name": self.kernelspec, "env": env})
         if code != 201:
             reason = (model or {}).get("message", f"HTTP {code}")
             raise RuntimeError(f"sandboxd refused the kernel: {reason}")
         self.remote_id = model["id"]
         self._exit_code = None
-        ws_url = self.url.replace("http", "ws", 1).rstrip("/") + \
-            f"/api/kernels/{self.remote_id}/channels"
+        ws_url = (
+            self.url.replace("http", "ws", 1).rstrip("/")
+            + f"/api/kernels/{self.remote_id}/channels"
+        )
         self.ws = await websocket.websocket_connect(
             httpclient.HTTPRequest(ws_url, headers={"Authorization": f"token {_token()}"}),
-            subprotocols=[wire.V1])
+            subprotocols=[wire.V1],
+        )
         self._bind_local()
-        self._tasks = [asyncio.ensure_future(self._from_ws())] + [
-            asyncio.ensure_future(self._from_local(ch)) for ch in ("shell", "control", "stdin")
-        ] + [asyncio.ensure_future(self._heartbeat())]
+        self._tasks = (
+            [asyncio.ensure_future(self._from_ws())]
+            + [asyncio.ensure_future(self._from_local(ch)) for ch in ("shell", "control", "stdin")]
+            + [asyncio.ensure_future(self._heartbeat())]
+        )
         # jupyter_client compares keys as bytes (connect.py::_reconcile_connection_info)
         self.connection_info = {**self.info, "key": self.key.encode()}
         return self.connection_info
@@ -105,8 +117,13 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.key = uuid.uuid4().hex
         self.signer = wire.Signer(self.key.encode())
         self.sockets: dict[str, zmq.asyncio.Socket] = {}
-        self.info: dict[str, Any] = {"transport": "tcp", "ip": "127.0.0.1", "key": self.key,
-                                     "signature_scheme": "hmac-sha256", "kernel_name": ""}
+        self.info: dict[str, Any] = {
+            "transport": "tcp",
+            "ip": "127.0.0.1",
+            "key": self.key,
+            "signature_scheme": "hmac-sha256",
+            "kernel_name": "",
+        }
         for channel, kind in LOCAL_CHANNELS.items():
             sock = self.ctx.socket(kind)
             sock.linger = 0
@@ -136,8 +153,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             if isinstance(frame, str):
                 continue
             n = int.from_bytes(frame[:8], "little")
-            offsets = [int.from_bytes(frame[8 * (i + 1):8 * (i + 2)], "little")
-                       for i in range(n)]
+            offsets = [int.from_bytes(frame[8 * (i + 1) : 8 * (i + 2)], "little") for i in range(n)]
             chunks = [frame[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
             channel, body = chunks[0].decode(), chunks[1:]
             signed = [wire.DELIM, self.signer.sign(body[:4]), *body]

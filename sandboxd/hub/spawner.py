@@ -41,10 +41,12 @@ except ImportError:  # pragma: no cover - older hubs
     from tornado.web import HTTPError as _HTTPError
 
     class SpawnException(_HTTPError):  # type: ignore[no-redef]
-        def __init__(self, message: str, *, reason: str = "", status_code: int = 500,
-                     **_: Any) -> None:
+        def __init__(
+            self, message: str, *, reason: str = "", status_code: int = 500, **_: Any
+        ) -> None:
             super().__init__(status_code, log_message=message, reason=reason)
             self.jupyterhub_message = message
+
 
 try:
     from jupyterhub.traitlets import ByteSpecification
@@ -53,13 +55,25 @@ except ImportError:  # pragma: no cover
 
 #: sandboxd error reasons → the SpawnException reason label (a Prometheus label in the Hub)
 REASONS = {
-    "max-sandboxes": "quota", "max-kernels": "quota", "memory-quota": "quota",
-    "cpu-quota": "quota", "profile-limit": "quota", "max-networks": "quota",
-    "unknown-image": "image", "bad-image": "image",
-    "pool-overlap": "network", "subnets-exhausted": "network", "unknown-network": "network",
-    "bad-network": "network", "port-taken": "network", "network-error": "network",
-    "bad-volume": "volume", "volume-denied": "volume", "no-volume-root": "volume",
-    "unknown-profile": "profile", "profile-denied": "profile",
+    "max-sandboxes": "quota",
+    "max-kernels": "quota",
+    "memory-quota": "quota",
+    "cpu-quota": "quota",
+    "profile-limit": "quota",
+    "max-networks": "quota",
+    "unknown-image": "image",
+    "bad-image": "image",
+    "pool-overlap": "network",
+    "subnets-exhausted": "network",
+    "unknown-network": "network",
+    "bad-network": "network",
+    "port-taken": "network",
+    "network-error": "network",
+    "bad-volume": "volume",
+    "volume-denied": "volume",
+    "no-volume-root": "volume",
+    "unknown-profile": "profile",
+    "profile-denied": "profile",
 }
 SANDBOX_NAME = re.compile(r"[^a-zA-Z0-9_.-]")
 USER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
@@ -199,26 +213,31 @@ class SandboxSpawner(Spawner):
     ).tag(config=True)
 
     kernel_mem_limit = ByteSpecification(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="""Memory limit of each kernel sandbox (KERNEL_MEMORY); None = mem_limit, and
         without either the kernelspec profile's default. K/M/G/T suffixes.""",
     ).tag(config=True)
 
     disk_limit = ByteSpecification(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="Size cap of the server sandbox's writable root (not the volumes); None = profile.",
     ).tag(config=True)
 
     pids_limit = Integer(
-        0, help="Maximum number of processes in the server sandbox; 0 = the profile's default.",
+        0,
+        help="Maximum number of processes in the server sandbox; 0 = the profile's default.",
     ).tag(config=True)
 
     stop_grace = Float(
-        5.0, help="Seconds between SIGTERM and killing the sandbox's cgroup on stop().",
+        5.0,
+        help="Seconds between SIGTERM and killing the sandbox's cgroup on stop().",
     ).tag(config=True)
 
     server_ready_interval = Float(
-        0.1, help="Seconds between two probes of the starting server (progress 'answering').",
+        0.1,
+        help="Seconds between two probes of the starting server (progress 'answering').",
     ).tag(config=True)
 
     @default("ip")
@@ -242,8 +261,11 @@ class SandboxSpawner(Spawner):
         self._starting = False
         for key in ("mem_guarantee", "cpu_guarantee"):
             if getattr(self, key, None):
-                self.log.warning("SandboxSpawner: %s is ignored (sandboxd has no guarantees yet;"
-                                 " limits are enforced)", key)
+                self.log.warning(
+                    "SandboxSpawner: %s is ignored (sandboxd has no guarantees yet;"
+                    " limits are enforced)",
+                    key,
+                )
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
@@ -267,16 +289,28 @@ class SandboxSpawner(Spawner):
 
     # --- sandboxd API -------------------------------------------------------------------------
 
-    async def api(self, method: str, path: str, body: Any = None, token: str | None = None,
-                  missing_ok: bool = False) -> Any:
+    async def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        missing_ok: bool = False,
+    ) -> Any:
         """One call; returns the decoded JSON (None for 204, or 404 with ``missing_ok``)."""
         req = HTTPRequest(
-            self.sandboxd_url.rstrip("/") + path, method=method,
-            headers={"Authorization": f"token {token or self.sandboxd_token}",
-                     "Content-Type": "application/json"},
-            body=None if body is None and method in ("GET", "DELETE")
+            self.sandboxd_url.rstrip("/") + path,
+            method=method,
+            headers={
+                "Authorization": f"token {token or self.sandboxd_token}",
+                "Content-Type": "application/json",
+            },
+            body=None
+            if body is None and method in ("GET", "DELETE")
             else json.dumps(body if body is not None else {}),
-            request_timeout=self.request_timeout, connect_timeout=10)
+            request_timeout=self.request_timeout,
+            connect_timeout=10,
+        )
         try:
             resp = await AsyncHTTPClient().fetch(req)
         except HTTPClientError as exc:
@@ -296,22 +330,26 @@ class SandboxSpawner(Spawner):
         reason = REASONS.get(exc.reason, "sandboxd")
         message = f"sandboxd refused to {what}: {exc.message} ({exc.reason})"
         status = exc.status if 400 <= exc.status < 500 else 500
-        return SpawnException(message, reason=reason, status_code=status,
-                              log_message=f"{self._log_name}: {message}")
+        return SpawnException(
+            message, reason=reason, status_code=status, log_message=f"{self._log_name}: {message}"
+        )
 
     # --- names ----------------------------------------------------------------------------------
 
     def _fmt(self, template: str) -> str:
         return template.format(
-            username=self.user.name, servername=self.name or "",
-            servername_suffix=f"-{self.name}" if self.name else "")
+            username=self.user.name,
+            servername=self.name or "",
+            servername_suffix=f"-{self.name}" if self.name else "",
+        )
 
     def _sandboxd_user(self) -> str:
         name = self.user_template.format(username=self.user.name.lower())
         if not USER_NAME.fullmatch(name):
             raise SpawnException(
                 f"user name {name!r} cannot be a sandboxd user ([a-z0-9][a-z0-9_.-]{{0,31}})",
-                reason="user")
+                reason="user",
+            )
         return name
 
     def _sandbox_name(self) -> str:
@@ -391,7 +429,8 @@ class SandboxSpawner(Spawner):
         hub_url = f"{hub.scheme}://{self.hub_connect_host or gateway}:{hub.port or 80}{hub.path}"
         env["JUPYTERHUB_API_URL"] = hub_url
         env["JUPYTERHUB_ACTIVITY_URL"] = (
-            f"{hub_url.rstrip('/')}/users/{quote(self.user.name)}/activity")
+            f"{hub_url.rstrip('/')}/users/{quote(self.user.name)}/activity"
+        )
         env.setdefault("HOME", "/home/jovyan")
         env.setdefault("SHELL", "/bin/bash")
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -432,11 +471,18 @@ class SandboxSpawner(Spawner):
         if self.kernels_in_own_sandboxes:
             cmd.append(f"--gateway-url={self._gateway_url(gateway)}")
         body: dict[str, Any] = {
-            "user": user, "name": self._sandbox_name(), "command": cmd,
-            "env": self._server_env(gateway), "volumes": binds, "profile": self.profile,
+            "user": user,
+            "name": self._sandbox_name(),
+            "command": cmd,
+            "env": self._server_env(gateway),
+            "volumes": binds,
+            "profile": self.profile,
             "network": self.network,
-            "labels": {"jupyterhub.user": self.user.name, "jupyterhub.server": self.name or "",
-                       "managed-by": "jupyterhub"},
+            "labels": {
+                "jupyterhub.user": self.user.name,
+                "jupyterhub.server": self.name or "",
+                "managed-by": "jupyterhub",
+            },
         }
         if self.image:
             body["image"] = self.image
@@ -453,8 +499,9 @@ class SandboxSpawner(Spawner):
         address = (rec.get("network_settings") or {}).get("address")
         if not address:
             await self._remove()
-            raise SpawnException(f"server sandbox has no address on network {self.network}",
-                                 reason="network")
+            raise SpawnException(
+                f"server sandbox has no address on network {self.network}", reason="network"
+            )
         self._step(60, f"sandbox {rec['id'][:12]} started at {address} (image {rec['image']})")
         await self._wait_answering(address)
         self._step(90, f"server answering at {address}:{self.port}")
@@ -469,10 +516,18 @@ class SandboxSpawner(Spawner):
                 if exc.reason == "name-taken" and attempt == 0:
                     # a leftover of an earlier run (the Hub lost its state): replace it, looked
                     # up by name in the user's own namespace (the user's token)
-                    self.log.warning("%s: removing stale sandbox %s/%s", self._log_name,
-                                     body["user"], body["name"])
-                    await self.api("DELETE", f"/api/sandboxes/{quote(body['name'])}?force=1",
-                                   token=self.user_token, missing_ok=True)
+                    self.log.warning(
+                        "%s: removing stale sandbox %s/%s",
+                        self._log_name,
+                        body["user"],
+                        body["name"],
+                    )
+                    await self.api(
+                        "DELETE",
+                        f"/api/sandboxes/{quote(body['name'])}?force=1",
+                        token=self.user_token,
+                        missing_ok=True,
+                    )
                     continue
                 raise self._spawn_error(exc, "start the server") from None
         raise SpawnException("could not replace a stale server sandbox", reason="sandboxd")
@@ -496,8 +551,9 @@ class SandboxSpawner(Spawner):
             if probes % 10 == 0 and await self.poll() is not None:
                 raise await self._exited_error()
             await asyncio.sleep(self.server_ready_interval)
-        raise SpawnException(f"the server did not answer within {self.start_timeout} s",
-                             reason="timeout")
+        raise SpawnException(
+            f"the server did not answer within {self.start_timeout} s", reason="timeout"
+        )
 
     async def _exited_error(self) -> Exception:
         sid = self.sandbox_id
@@ -506,10 +562,12 @@ class SandboxSpawner(Spawner):
         tail = (logs.get("stderr") or "").strip().splitlines()[-3:]
         await self._remove()
         why = rec.get("reason") or "exited"
-        return SpawnException(f"the server sandbox ended while starting: {why}"
-                              + (f" — {' / '.join(tail)}" if tail else ""),
-                              reason="oom" if rec.get("oom_killed") else "server-exited",
-                              status_code=500)
+        return SpawnException(
+            f"the server sandbox ended while starting: {why}"
+            + (f" — {' / '.join(tail)}" if tail else ""),
+            reason="oom" if rec.get("oom_killed") else "server-exited",
+            status_code=500,
+        )
 
     async def poll(self) -> int | None:
         if not self.sandbox_id:
@@ -528,15 +586,18 @@ class SandboxSpawner(Spawner):
 
     async def _remove(self) -> None:
         if self.sandbox_id:
-            await self.api("DELETE", f"/api/sandboxes/{self.sandbox_id}?force=1",
-                           missing_ok=True)
+            await self.api("DELETE", f"/api/sandboxes/{self.sandbox_id}?force=1", missing_ok=True)
 
     async def stop(self, now: bool = False) -> None:
         if not self.sandbox_id:
             return
         try:
-            await self.api("POST", f"/api/sandboxes/{self.sandbox_id}/stop",
-                           {"timeout": 0 if now else self.stop_grace}, missing_ok=True)
+            await self.api(
+                "POST",
+                f"/api/sandboxes/{self.sandbox_id}/stop",
+                {"timeout": 0 if now else self.stop_grace},
+                missing_ok=True,
+            )
             await self._remove()
         except SandboxdError as exc:
             raise self._spawn_error(exc, "stop the server") from None

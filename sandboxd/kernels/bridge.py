@@ -13,11 +13,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import zmq
-from zmq.eventloop.zmqstream import ZMQStream
-
 from . import wire
 from .channels import KernelChannels
+from .zsocket import ZSocket
 
 log = logging.getLogger("sandboxd.kernels")
 
@@ -28,20 +26,26 @@ DEALER_CHANNELS = ("shell", "control", "stdin")
 class ClientConnection:
     """Frames between one WebSocket and the kernel's ZMQ sockets."""
 
-    def __init__(self, protocol: str | None, send: Send, close: Callable[[int, str], None],
-                 session_id: str = "") -> None:
+    def __init__(
+        self,
+        protocol: str | None,
+        send: Send,
+        close: Callable[[int, str], None],
+        session_id: str = "",
+    ) -> None:
         self.v1 = protocol == wire.V1
         self.send = send
         self.close = close
         self.session_id = session_id
         self.identity = uuid.uuid4().bytes
-        self.streams: dict[str, ZMQStream] = {}
+        self.streams: dict[str, ZSocket] = {}
         self.signer: wire.Signer | None = None
 
     # kernel -> client -------------------------------------------------------------------------
 
-    def frame(self, channel: str, body: list[bytes],
-              header: dict[str, Any] | None = None) -> tuple[bytes | str, bool]:
+    def frame(
+        self, channel: str, body: list[bytes], header: dict[str, Any] | None = None
+    ) -> tuple[bytes | str, bool]:
         if self.v1:
             return wire.to_v1(channel, body), True
         if header is None:
@@ -49,8 +53,9 @@ class ClientConnection:
         data, binary = wire.to_legacy(channel, body, header)
         return (data, True) if binary else (data.decode(), False)
 
-    def deliver(self, channel: str, body: list[bytes],
-                header: dict[str, Any] | None = None) -> None:
+    def deliver(
+        self, channel: str, body: list[bytes], header: dict[str, Any] | None = None
+    ) -> None:
         data, binary = self.frame(channel, body, header)
         self.send(data, binary)
 
@@ -64,6 +69,7 @@ class ClientConnection:
             except wire.BadFrame:
                 return
             self.deliver(channel, body)
+
         return on_recv
 
     # client -> kernel -------------------------------------------------------------------------
@@ -78,14 +84,7 @@ class ClientConnection:
         stream = self.streams.get(parts.channel)
         if stream is None or self.signer is None:
             return False
-        frames = self.signer.to_zmq(parts)
-        if stream.sending():  # keep order behind what the stream already queued
-            stream.send_multipart(frames, copy=False)
-            return True
-        try:  # straight onto the socket: ZMQStream would wait for the next loop turn
-            stream.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        except zmq.Again:  # the socket's queue is full: let the stream send it when it can
-            stream.send_multipart(frames, copy=False)
+        stream.send_multipart(self.signer.to_zmq(parts))
         return True
 
     # attachment -------------------------------------------------------------------------------

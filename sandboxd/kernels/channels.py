@@ -21,11 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-from zmq.eventloop.zmqstream import ZMQStream
 
 from ..errors import LaunchError
 from ..service import iso
 from . import wire
+from .zsocket import ZSocket
 
 CONNECTION_FILE = "connection.json"
 PORTS = {"shell": 1, "iopub": 2, "stdin": 3, "control": 4, "hb": 5}
@@ -35,8 +35,14 @@ RECONNECT_IVL_MS = 5  # the kernel binds ~1 s after we connect; retry often, not
 
 def connection_info(ip: str, key: str, kernel_name: str) -> dict[str, Any]:
     """A jupyter connection file for ipc transport (``ip`` is the socket path prefix)."""
-    return {"transport": "ipc", "ip": ip, "key": key, "signature_scheme": "hmac-sha256",
-            "kernel_name": kernel_name, **{f"{c}_port": p for c, p in PORTS.items()}}
+    return {
+        "transport": "ipc",
+        "ip": ip,
+        "key": key,
+        "signature_scheme": "hmac-sha256",
+        "kernel_name": kernel_name,
+        **{f"{c}_port": p for c, p in PORTS.items()},
+    }
 
 
 def write_connection_file(host_dir: str, info: dict[str, Any], uid: int) -> str:
@@ -50,15 +56,20 @@ def write_connection_file(host_dir: str, info: dict[str, Any], uid: int) -> str:
 
 
 def header(msg_type: str, session: str) -> dict[str, Any]:
-    return {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "sandboxd",
-            "session": session, "date": iso(time.time()), "version": "5.3"}
+    return {
+        "msg_id": uuid.uuid4().hex,
+        "msg_type": msg_type,
+        "username": "sandboxd",
+        "session": session,
+        "date": iso(time.time()),
+        "version": "5.3",
+    }
 
 
 def status_message(state: str, session: str = "sandboxd") -> wire.Parts:
     """An iopub status message made by the daemon (``dead`` when the kernel's sandbox died)."""
     h = json.dumps(header("status", session)).encode()
-    return wire.Parts("iopub", h, b"{}", b"{}",
-                      json.dumps({"execution_state": state}).encode(), [])
+    return wire.Parts("iopub", h, b"{}", b"{}", json.dumps({"execution_state": state}).encode(), [])
 
 
 class KernelChannels:
@@ -70,7 +81,7 @@ class KernelChannels:
         self.context = zmq.Context.instance()
         sub = self._socket(zmq.SUB, "iopub")
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.iopub = ZMQStream(sub)
+        self.iopub = ZSocket(sub)
         self.iopub.on_recv(on_iopub)
         self.closed = False
 
@@ -86,8 +97,8 @@ class KernelChannels:
         sock.connect(self.url(channel))
         return sock
 
-    def dealer(self, channel: str, identity: bytes) -> ZMQStream:
-        return ZMQStream(self._socket(zmq.DEALER, channel, identity))
+    def dealer(self, channel: str, identity: bytes) -> ZSocket:
+        return ZSocket(self._socket(zmq.DEALER, channel, identity))
 
     async def kernel_info(self, exited: asyncio.Future[Any], timeout: float) -> dict[str, Any]:
         """Ask for ``kernel_info`` until the kernel answers: the kernel is ready when it does."""
@@ -98,15 +109,17 @@ class KernelChannels:
         h = json.dumps(header("kernel_info_request", "sandboxd")).encode()
         stream.send_multipart(self.signer.to_zmq(wire.Parts("shell", h, b"{}", b"{}", b"{}", [])))
         try:
-            done, _ = await asyncio.wait({reply, exited}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {reply, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             if reply in done:
                 _, body = wire.split_zmq(reply.result())
                 return json.loads(body[3])
             if exited in done:
                 raise LaunchError("the kernel exited during start-up", reason="kernel-died")
-            raise LaunchError(f"the kernel did not answer within {timeout:g}s",
-                              reason="kernel-timeout")
+            raise LaunchError(
+                f"the kernel did not answer within {timeout:g}s", reason="kernel-timeout"
+            )
         finally:
             stream.close()
             if not reply.done():

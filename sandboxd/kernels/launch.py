@@ -53,8 +53,11 @@ def sandbox_body(req: KernelRequest, kernel_id: str) -> dict[str, Any]:
     argv = [str(a).replace("{connection_file}", conn_file) for a in ks.spec["argv"]]
     spec_env = {k: str(v) for k, v in (ks.spec.get("env") or {}).items()}
     body: dict[str, Any] = {
-        "command": argv, "profile": ks.profile, "name": f"kernel-{kernel_id[:13]}",
-        "env": {**spec_env, **req.env, "KERNEL_ID": kernel_id}, "workdir": req.workdir,
+        "command": argv,
+        "profile": ks.profile,
+        "name": f"kernel-{kernel_id[:13]}",
+        "env": {**spec_env, **req.env, "KERNEL_ID": kernel_id},
+        "workdir": req.workdir,
         "volumes": list(req.volumes),
         "labels": {"kernel_id": kernel_id, "kernelspec": ks.name},
         **req.limits,
@@ -64,8 +67,9 @@ def sandbox_body(req: KernelRequest, kernel_id: str) -> dict[str, Any]:
     return body
 
 
-async def start_kernel_sandbox(sbx: Sandboxd, actor: User, req: KernelRequest,
-                               kernel_id: str) -> tuple[KernelProcess, channels.KernelChannels]:
+async def start_kernel_sandbox(
+    sbx: Sandboxd, actor: User, req: KernelRequest, kernel_id: str
+) -> tuple[KernelProcess, channels.KernelChannels]:
     """Start a kernel for (user, kernelspec, env); ready to take messages when it returns.
 
     ``on_iopub`` is attached later by the caller through ``KernelChannels.iopub.on_recv``.
@@ -76,10 +80,20 @@ async def start_kernel_sandbox(sbx: Sandboxd, actor: User, req: KernelRequest,
     def prepare(directory: str) -> None:
         channels.write_connection_file(os.path.join(directory, "kernel"), info, req.owner.uid)
 
-    rec, live = await sbx.create(actor, sandbox_body(req, kernel_id), kind="kernel",
-                                 owner=req.owner, extra_dirs=("kernel",), prepare=prepare)
-    proc = KernelProcess(sandbox_id=rec.id, live=live,
-                         host_dir=os.path.join(live.directory, "kernel"), key=key.encode())
+    rec, live = await sbx.create(
+        actor,
+        sandbox_body(req, kernel_id),
+        kind="kernel",
+        owner=req.owner,
+        extra_dirs=("kernel",),
+        prepare=prepare,
+    )
+    proc = KernelProcess(
+        sandbox_id=rec.id,
+        live=live,
+        host_dir=os.path.join(live.directory, "kernel"),
+        key=key.encode(),
+    )
     chans = channels.KernelChannels(proc.host_dir, proc.key, lambda msg: None)
     try:
         await chans.kernel_info(asyncio.shield(live.exited), _ready_timeout(req.env))

@@ -79,8 +79,13 @@ class KernelManager:
         return [k for k in self.kernels.values() if self.may_see(actor, k)]
 
     def model(self, kernel: Kernel) -> dict[str, Any]:
-        out = {"id": kernel.id, "name": kernel.name, "last_activity": iso(kernel.last_activity),
-               "execution_state": kernel.execution_state, "connections": len(kernel.clients)}
+        out = {
+            "id": kernel.id,
+            "name": kernel.name,
+            "last_activity": iso(kernel.last_activity),
+            "execution_state": kernel.execution_state,
+            "connections": len(kernel.clients),
+        }
         if kernel.reason:
             out["reason"] = kernel.reason
         if kernel.process is not None:
@@ -139,16 +144,16 @@ class KernelManager:
     async def restart(self, actor: User, kernel_id: str) -> Kernel:
         kernel = self.get(actor, kernel_id)
         if kernel.busy_op:
-            raise Conflict(f"kernel {kernel_id} is already in {kernel.busy_op}",
-                           reason="kernel-busy")
+            raise Conflict(
+                f"kernel {kernel_id} is already in {kernel.busy_op}", reason="kernel-busy"
+            )
         kernel.busy_op = "restart"
         kernel.execution_state = "restarting"
         self._broadcast(kernel, channels.status_message("restarting"))
         try:
             await self._remove_sandbox(kernel, self._detach(kernel))
             try:
-                proc, chans = await start_kernel_sandbox(self.sbx, actor, kernel.request,
-                                                         kernel.id)
+                proc, chans = await start_kernel_sandbox(self.sbx, actor, kernel.request, kernel.id)
             except SandboxdError as exc:
                 kernel.execution_state, kernel.reason = "dead", f"restart failed: {exc.message}"
                 self._broadcast(kernel, channels.status_message("dead"))
@@ -252,8 +257,11 @@ class KernelManager:
 
     def _died(self, kernel: Kernel, result: Exit) -> None:
         kernel.execution_state = "dead"
-        kernel.reason = (f"the kernel's memory limit was hit ({result.reason})"
-                         if result.oom_killed else f"the kernel died: {result.reason}")
+        kernel.reason = (
+            f"the kernel's memory limit was hit ({result.reason})"
+            if result.oom_killed
+            else f"the kernel died: {result.reason}"
+        )
         log.info("kernel %s of %s is dead: %s", kernel.id, kernel.owner.name, kernel.reason)
         if kernel.chans is not None:
             kernel.chans.close()
@@ -283,13 +291,17 @@ class KernelManager:
                 continue
             env = {k: v for k, v in rec.spec.get("env", ()) if k.startswith("KERNEL_")}
             env.pop("KERNEL_ID", None)
-            req = KernelRequest(owner=owner, kernelspec=ks, env=env,
-                                workdir=rec.spec.get("workdir", ""),
-                                volumes=tuple(
-                                    f"{v['host']}:{v['container']}" + (":ro" if v["read_only"]
-                                                                       else "")
-                                    for v in rec.spec.get("volumes", ())),
-                                limits={})
+            req = KernelRequest(
+                owner=owner,
+                kernelspec=ks,
+                env=env,
+                workdir=rec.spec.get("workdir", ""),
+                volumes=tuple(
+                    f"{v['host']}:{v['container']}" + (":ro" if v["read_only"] else "")
+                    for v in rec.spec.get("volumes", ())
+                ),
+                limits={},
+            )
             kernel = Kernel(id=kernel_id, request=req, creator=owner.name)
             self.kernels[kernel_id] = kernel
             proc = KernelProcess(sandbox_id=rec.id, live=live, host_dir=host_dir, key=key)

@@ -53,18 +53,19 @@ def clean_env(raw: Any, config: Config) -> dict[str, str]:
     out = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
-            raise InvalidRequest(f"env: {str(key)[:64]!r} is not a variable name",
-                                 reason="bad-env")
+            raise InvalidRequest(f"env: {str(key)[:64]!r} is not a variable name", reason="bad-env")
         if not (key.startswith("KERNEL_") or key in allowed):
             continue
         if not isinstance(value, str):
             raise InvalidRequest(f"env: {key} must be a string", reason="bad-env")
         if len(value) > MAX_VALUE:
-            raise InvalidRequest(f"env: {key} is longer than {MAX_VALUE} characters",
-                                 reason="bad-env")
+            raise InvalidRequest(
+                f"env: {key} is longer than {MAX_VALUE} characters", reason="bad-env"
+            )
         if BAD_VALUE.search(value):
             raise InvalidRequest(
-                f"env: {key} holds a control character, '$' or a backtick", reason="bad-env")
+                f"env: {key} holds a control character, '$' or a backtick", reason="bad-env"
+            )
         out[key] = value
     return out
 
@@ -111,8 +112,9 @@ def parse(body: Any, actor: User, config: Config, store: Store) -> KernelRequest
         specs.get(config, name)  # 404 if it does not exist at all
         from ..errors import Forbidden
 
-        raise Forbidden(f"user {owner.name} may not use kernelspec {name!r}",
-                        reason="profile-denied")
+        raise Forbidden(
+            f"user {owner.name} may not use kernelspec {name!r}", reason="profile-denied"
+        )
     ks = visible[name]
     raw_volumes = ks.sandbox.get("volumes") or []
     volumes = tuple(str(v).replace("{user}", owner.name) for v in raw_volumes)
@@ -120,5 +122,11 @@ def parse(body: Any, actor: User, config: Config, store: Store) -> KernelRequest
     for var, key in (("KERNEL_CPUS", "cpus"), ("KERNEL_MEMORY", "memory")):
         if env.get(var):
             limits[key] = env[var]
-    return KernelRequest(owner=owner, kernelspec=ks, env=env,
-                         workdir=working_dir(env, volumes), volumes=volumes, limits=limits)
+    return KernelRequest(
+        owner=owner,
+        kernelspec=ks,
+        env=env,
+        workdir=working_dir(env, volumes),
+        volumes=volumes,
+        limits=limits,
+    )

@@ -74,7 +74,7 @@ def split_zmq(msg: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         i = msg.index(DELIM)
     except ValueError:
         raise BadFrame("no <IDS|MSG> delimiter") from None
-    body = msg[i + 2:]
+    body = msg[i + 2 :]
     if len(body) < 4:
         raise BadFrame("short message")
     return msg[:i], body
@@ -101,10 +101,27 @@ def to_legacy(channel: str, body: list[bytes], header: dict[str, Any]) -> tuple[
     level as jupyter_client's ``Session.deserialize`` does (clients read either).
     """
     h, p, m, c, *buffers = body
-    top = json.dumps({"msg_id": header.get("msg_id", ""), "msg_type": header.get("msg_type", ""),
-                      "channel": channel}).encode()
-    text = b"".join([b'{"header":', h, b',"parent_header":', p, b',"metadata":', m,
-                     b',"content":', c, b',"buffers":[],', top[1:]])
+    top = json.dumps(
+        {
+            "msg_id": header.get("msg_id", ""),
+            "msg_type": header.get("msg_type", ""),
+            "channel": channel,
+        }
+    ).encode()
+    text = b"".join(
+        [
+            b'{"header":',
+            h,
+            b',"parent_header":',
+            p,
+            b',"metadata":',
+            m,
+            b',"content":',
+            c,
+            b',"buffers":[],',
+            top[1:],
+        ]
+    )
     if not buffers:
         return text, False
     parts = [text, *buffers]
@@ -127,8 +144,14 @@ def _from_dict(msg: Any, buffers: list[bytes]) -> Parts:
     channel = msg.get("channel") or "shell"
     if channel not in CHANNELS or channel == "iopub":
         raise BadFrame(f"cannot send on channel {channel!r}")
-    return Parts(channel, _dump(msg["header"]), _dump(msg.get("parent_header") or {}),
-                 _dump(msg.get("metadata") or {}), _dump(msg.get("content") or {}), buffers)
+    return Parts(
+        channel,
+        _dump(msg["header"]),
+        _dump(msg.get("parent_header") or {}),
+        _dump(msg.get("metadata") or {}),
+        _dump(msg.get("content") or {}),
+        buffers,
+    )
 
 
 def from_legacy(frame: str | bytes) -> Parts:
@@ -139,7 +162,7 @@ def from_legacy(frame: str | bytes) -> Parts:
         (nbufs,) = struct.unpack("!I", frame[:4])
         if nbufs < 1 or 4 * (nbufs + 1) > len(frame):
             raise BadFrame("bad offset table")
-        offsets = list(struct.unpack(f"!{nbufs}I", frame[4:4 * (nbufs + 1)])) + [len(frame)]
+        offsets = list(struct.unpack(f"!{nbufs}I", frame[4 : 4 * (nbufs + 1)])) + [len(frame)]
         chunks = [frame[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
         return _from_dict(json.loads(chunks[0]), [bytes(c) for c in chunks[1:]])
     except (ValueError, struct.error, UnicodeDecodeError) as exc:
@@ -156,7 +179,7 @@ def from_v1(frame: bytes) -> Parts:
         (n,) = struct.unpack("<Q", frame[:8])
         if n < 6 or 8 * (n + 1) > len(frame):
             raise BadFrame("bad offset table")
-        offsets = list(struct.unpack(f"<{n}Q", frame[8:8 * (n + 1)]))
+        offsets = list(struct.unpack(f"<{n}Q", frame[8 : 8 * (n + 1)]))
     except struct.error:
         raise BadFrame("bad offset table") from None
     chunks = [bytes(frame[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]

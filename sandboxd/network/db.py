@@ -88,8 +88,9 @@ class NetworkDB:
         return [self._net(r) for r in self.db.execute(q + " ORDER BY id", args)]
 
     def network(self, user: str, name: str) -> Network | None:
-        row = self.db.execute("SELECT * FROM net_networks WHERE user = ? AND name = ?",
-                              (user, name)).fetchone()
+        row = self.db.execute(
+            "SELECT * FROM net_networks WHERE user = ? AND name = ?", (user, name)
+        ).fetchone()
         return self._net(row) if row else None
 
     def network_by_id(self, nid: int) -> Network | None:
@@ -99,7 +100,9 @@ class NetworkDB:
     def add_network(self, user: str, name: str, subnet: str, is_default: bool) -> Network:
         cur = self.db.execute(
             "INSERT INTO net_networks (user, name, subnet, is_default, created) "
-            "VALUES (?, ?, ?, ?, ?)", (user, name, subnet, int(is_default), time.time()))
+            "VALUES (?, ?, ?, ?, ?)",
+            (user, name, subnet, int(is_default), time.time()),
+        )
         return self.network_by_id(int(cur.lastrowid or 0))  # type: ignore[return-value]
 
     def delete_network(self, nid: int) -> None:
@@ -107,8 +110,14 @@ class NetworkDB:
 
     @staticmethod
     def _net(row: Any) -> Network:
-        return Network(row["id"], row["user"], row["name"], row["subnet"],
-                       bool(row["is_default"]), row["created"])
+        return Network(
+            row["id"],
+            row["user"],
+            row["name"],
+            row["subnet"],
+            bool(row["is_default"]),
+            row["created"],
+        )
 
     # attachments
     def attachments(self, network: int | None = None) -> list[Attachment]:
@@ -123,15 +132,31 @@ class NetworkDB:
         return found[0] if found else None
 
     def used_addresses(self, network: int) -> list[str]:
-        return [r[0] for r in self.db.execute(
-            "SELECT address FROM net_attachments WHERE network = ? AND address IS NOT NULL",
-            (network,))]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT address FROM net_attachments WHERE network = ? AND address IS NOT NULL",
+                (network,),
+            )
+        ]
 
     def add_attachment(self, a: Attachment) -> None:
         self.db.execute(
             "INSERT INTO net_attachments VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (a.sandbox, a.user, a.mode, a.network, a.address, a.netns, a.link, a.mac, a.policy,
-             a.joined, time.time()))
+            (
+                a.sandbox,
+                a.user,
+                a.mode,
+                a.network,
+                a.address,
+                a.netns,
+                a.link,
+                a.mac,
+                a.policy,
+                a.joined,
+                time.time(),
+            ),
+        )
 
     def set_mac(self, sid: str, mac: str) -> None:
         self.db.execute("UPDATE net_attachments SET mac = ? WHERE sandbox = ?", (mac, sid))
@@ -141,8 +166,10 @@ class NetworkDB:
         self.db.execute("DELETE FROM net_attachments WHERE sandbox = ?", (sid,))
 
     def joiners(self, sid: str) -> list[str]:
-        return [r[0] for r in self.db.execute(
-            "SELECT sandbox FROM net_attachments WHERE joined = ?", (sid,))]
+        return [
+            r[0]
+            for r in self.db.execute("SELECT sandbox FROM net_attachments WHERE joined = ?", (sid,))
+        ]
 
     # ports
     def ports(self, sid: str | None = None) -> list[dict[str, Any]]:
@@ -152,14 +179,18 @@ class NetworkDB:
         return [dict(r) for r in self.db.execute(q + " ORDER BY proto, host_port", args)]
 
     def port_owner(self, proto: str, port: int) -> str | None:
-        row = self.db.execute("SELECT sandbox FROM net_ports WHERE proto = ? AND host_port = ?",
-                              (proto, port)).fetchone()
+        row = self.db.execute(
+            "SELECT sandbox FROM net_ports WHERE proto = ? AND host_port = ?", (proto, port)
+        ).fetchone()
         return row[0] if row else None
 
-    def add_port(self, sid: str, proto: str, host_port: int, host_ip: str | None,
-                 ctr_port: int) -> None:
-        self.db.execute("INSERT INTO net_ports VALUES (?, ?, ?, ?, ?)",
-                        (proto, host_port, host_ip or "", ctr_port, sid))
+    def add_port(
+        self, sid: str, proto: str, host_port: int, host_ip: str | None, ctr_port: int
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO net_ports VALUES (?, ?, ?, ?, ?)",
+            (proto, host_port, host_ip or "", ctr_port, sid),
+        )
 
 
 def dumps(data: Any) -> str:

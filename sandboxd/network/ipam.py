@@ -25,8 +25,9 @@ def next_subnet(pool: str, prefix: int, used: Iterable[str], avoid: Iterable[Net
     for candidate in ipaddress.IPv4Network(pool).subnets(new_prefix=prefix):
         if not any(candidate.overlaps(t) for t in taken):
             return str(candidate)
-    raise ResourcesExhausted(f"no free /{prefix} left in the network pool {pool}",
-                             reason="subnets-exhausted")
+    raise ResourcesExhausted(
+        f"no free /{prefix} left in the network pool {pool}", reason="subnets-exhausted"
+    )
 
 
 def gateway_of(subnet: str) -> str:
@@ -34,8 +35,9 @@ def gateway_of(subnet: str) -> str:
     return str(next(ipaddress.IPv4Network(subnet).hosts()))
 
 
-def next_address(subnet: str, used: Iterable[str], within: str | None = None,
-                 reserved: Iterable[str] = ()) -> str:
+def next_address(
+    subnet: str, used: Iterable[str], within: str | None = None, reserved: Iterable[str] = ()
+) -> str:
     """Lowest free host address of ``within`` (default: the subnet minus its gateway)."""
     net = ipaddress.IPv4Network(subnet)
     skip = {str(a) for a in used} | set(reserved)
@@ -47,5 +49,6 @@ def next_address(subnet: str, used: Iterable[str], within: str | None = None,
             continue
         if str(addr) not in skip:
             return str(addr)
-    raise ResourcesExhausted(f"no free address left in {within or subnet}",
-                             reason="addresses-exhausted")
+    raise ResourcesExhausted(
+        f"no free address left in {within or subnet}", reason="addresses-exhausted"
+    )

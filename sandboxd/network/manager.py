@@ -83,7 +83,7 @@ class NetworkManager:
         return f"{self.instance}-{sid}"
 
     def link_name(self, sid: str, kind: str = "v") -> str:
-        return f"{self.instance}{kind}{sid[:15 - len(self.instance) - 1]}"
+        return f"{self.instance}{kind}{sid[: 15 - len(self.instance) - 1]}"
 
     def bridge_name(self, net: Network) -> str:
         return f"{self.instance}br-{net.id}"
@@ -92,32 +92,43 @@ class NetworkManager:
 
     def _check_pool(self) -> None:
         ours = f"{self.instance}br-"
-        bad = [str(net) for net, dev in netlink.route_devices().items()
-               if not dev.startswith(ours) and ipam.overlapping(self.config.network.pool, [net])]
+        bad = [
+            str(net)
+            for net, dev in netlink.route_devices().items()
+            if not dev.startswith(ours) and ipam.overlapping(self.config.network.pool, [net])
+        ]
         if bad:
             raise NetworkError(
                 f"the network pool {self.config.network.pool} overlaps host routes "
-                f"({', '.join(bad)}); choose another [network] pool", reason="pool-overlap")
+                f"({', '.join(bad)}); choose another [network] pool",
+                reason="pool-overlap",
+            )
 
     def _bring_up(self, net: Network) -> None:
         netlink.set_forwarding()
-        netlink.ensure_bridge(self.bridge_name(net), ipam.gateway_of(net.subnet),
-                              int(net.subnet.split("/")[1]))
+        netlink.ensure_bridge(
+            self.bridge_name(net), ipam.gateway_of(net.subnet), int(net.subnet.split("/")[1])
+        )
 
     def create_network(self, user: str, name: str, *, is_default: bool = False) -> Network:
-        if not is_default and (not NAME.fullmatch(name) or name in RESERVED
-                               or name.startswith("container")):
-            raise InvalidRequest(f"network name {name!r} is reserved or not "
-                                 f"{NAME.pattern}", reason="bad-network-name")
+        if not is_default and (
+            not NAME.fullmatch(name) or name in RESERVED or name.startswith("container")
+        ):
+            raise InvalidRequest(
+                f"network name {name!r} is reserved or not {NAME.pattern}",
+                reason="bad-network-name",
+            )
         if self.db.network(user, name) is not None:
             raise Conflict(f"network {name!r} exists", reason="network-exists")
         cfg = self.config.network
         if len(self.db.networks(user)) >= cfg.max_networks:
-            raise QuotaExceeded(f"user {user} already has {cfg.max_networks} networks",
-                                reason="max-networks")
+            raise QuotaExceeded(
+                f"user {user} already has {cfg.max_networks} networks", reason="max-networks"
+            )
         self._check_pool()
-        subnet = ipam.next_subnet(cfg.pool, cfg.subnet_prefix,
-                                  [n.subnet for n in self.db.networks()])
+        subnet = ipam.next_subnet(
+            cfg.pool, cfg.subnet_prefix, [n.subnet for n in self.db.networks()]
+        )
         net = self.db.add_network(user, name, subnet, is_default)
         try:
             self._bring_up(net)
@@ -144,8 +155,9 @@ class NetworkManager:
         net = self.lookup_network(user, name)
         users = [a.sandbox for a in self.db.attachments(net.id)]
         if users:
-            raise Conflict(f"network {name!r} is in use by {', '.join(users)}",
-                           reason="network-in-use")
+            raise Conflict(
+                f"network {name!r} is in use by {', '.join(users)}", reason="network-in-use"
+            )
         netlink.delete_link(self.bridge_name(net))
         self.db.delete_network(net.id)
         self.apply()
@@ -162,9 +174,13 @@ class NetworkManager:
 
     def network_model(self, net: Network) -> dict[str, Any]:
         return {
-            "name": net.name, "user": net.user, "subnet": net.subnet,
-            "gateway": ipam.gateway_of(net.subnet), "bridge": self.bridge_name(net),
-            "default": net.is_default, "created": net.created,
+            "name": net.name,
+            "user": net.user,
+            "subnet": net.subnet,
+            "gateway": ipam.gateway_of(net.subnet),
+            "bridge": self.bridge_name(net),
+            "default": net.is_default,
+            "created": net.created,
             "sandboxes": {a.sandbox: a.address for a in self.db.attachments(net.id)},
         }
 
@@ -188,8 +204,11 @@ class NetworkManager:
             return self._join(spec, mode.split(":", 1)[1], find_running)
         if mode == "macvlan":
             return self._macvlan(spec)
-        net = (self.default_network(spec.user) if mode == "bridge"
-               else self.lookup_network(spec.user, mode))
+        net = (
+            self.default_network(spec.user)
+            if mode == "bridge"
+            else self.lookup_network(spec.user, mode)
+        )
         return self._bridge(spec, net)
 
     def _reserve_ports(self, spec: SandboxSpec) -> None:
@@ -197,17 +216,28 @@ class NetworkManager:
             port = parse_port(text)
             owner = self.db.port_owner(port.proto, port.host_port)
             if owner is not None or not _port_free(port.proto, port.host_port, port.host_ip):
-                raise Conflict(f"host port {port.host_port}/{port.proto} is already in use",
-                               reason="port-taken")
+                raise Conflict(
+                    f"host port {port.host_port}/{port.proto} is already in use",
+                    reason="port-taken",
+                )
             self.db.add_port(spec.id, port.proto, port.host_port, port.host_ip, port.ctr_port)
 
     def _bridge(self, spec: SandboxSpec, net: Network) -> Attached:
         self._check_pool()
         address = ipam.next_address(net.subnet, self.db.used_addresses(net.id))
         ns_name, link = self.netns_name(spec.id), self.link_name(spec.id)
-        att = Attachment(sandbox=spec.id, user=spec.user, mode="bridge", network=net.id,
-                         address=address, netns=ns_name, link=link, mac="",
-                         policy=_chain_name(spec.profile), joined="")
+        att = Attachment(
+            sandbox=spec.id,
+            user=spec.user,
+            mode="bridge",
+            network=net.id,
+            address=address,
+            netns=ns_name,
+            link=link,
+            mac="",
+            policy=_chain_name(spec.profile),
+            joined="",
+        )
         with contextlib.ExitStack() as undo:
             self.db.db.execute("BEGIN")
             try:
@@ -221,8 +251,14 @@ class NetworkManager:
             self._bring_up(net)
             path = netlink.create_netns(ns_name)
             undo.callback(netlink.remove_netns, ns_name)
-            mac = netlink.add_veth(ns_name, link, self.bridge_name(net), address,
-                                   int(net.subnet.split("/")[1]), ipam.gateway_of(net.subnet))
+            mac = netlink.add_veth(
+                ns_name,
+                link,
+                self.bridge_name(net),
+                address,
+                int(net.subnet.split("/")[1]),
+                ipam.gateway_of(net.subnet),
+            )
             undo.callback(netlink.delete_link, link)
             self.db.set_mac(spec.id, mac)
             self.apply()
@@ -232,23 +268,35 @@ class NetworkManager:
     def _macvlan(self, spec: SandboxSpec) -> Attached:
         mv = self.config.network.macvlan
         if not mv.enabled:
-            raise InvalidRequest("network macvlan is not configured on this host",
-                                 reason="no-macvlan")
+            raise InvalidRequest(
+                "network macvlan is not configured on this host", reason="no-macvlan"
+            )
         used = self.db.used_addresses(MACVLAN_NETWORK)
-        address = ipam.next_address(mv.subnet, used, within=mv.range,
-                                    reserved=[mv.gateway] if mv.gateway else [])
+        address = ipam.next_address(
+            mv.subnet, used, within=mv.range, reserved=[mv.gateway] if mv.gateway else []
+        )
         ns_name, link = self.netns_name(spec.id), self.link_name(spec.id, "m")
-        att = Attachment(sandbox=spec.id, user=spec.user, mode="macvlan",
-                         network=MACVLAN_NETWORK, address=address, netns=ns_name, link="",
-                         mac="", policy=_chain_name(spec.profile), joined="")
+        att = Attachment(
+            sandbox=spec.id,
+            user=spec.user,
+            mode="macvlan",
+            network=MACVLAN_NETWORK,
+            address=address,
+            netns=ns_name,
+            link="",
+            mac="",
+            policy=_chain_name(spec.profile),
+            joined="",
+        )
         self.db.add_attachment(att)
         with contextlib.ExitStack() as undo:
             undo.callback(self._forget, spec.id)
             path = netlink.create_netns(ns_name)
             undo.callback(netlink.remove_netns, ns_name)
             undo.callback(netlink.delete_link, link)
-            mac = netlink.add_macvlan(ns_name, link, mv.parent, address,
-                                      int(mv.subnet.split("/")[1]), mv.gateway or None)
+            mac = netlink.add_macvlan(
+                ns_name, link, mv.parent, address, int(mv.subnet.split("/")[1]), mv.gateway or None
+            )
             self.db.set_mac(spec.id, mac)
             undo.pop_all()
         return Attached(NetnsPlan("path", path), _hosts(address, spec.name), self._resolv())
@@ -256,13 +304,26 @@ class NetworkManager:
     def _join(self, spec: SandboxSpec, ref: str, find_running: FindRunning) -> Attached:
         found = find_running(spec.user, ref)
         if found is None:
-            raise NotFound(f"network container:{ref}: no running sandbox {ref!r} of yours",
-                           reason="unknown-sandbox")
+            raise NotFound(
+                f"network container:{ref}: no running sandbox {ref!r} of yours",
+                reason="unknown-sandbox",
+            )
         target, path = found
         other = self.db.attachment(target)
-        self.db.add_attachment(Attachment(
-            sandbox=spec.id, user=spec.user, mode="container", network=None, address=None,
-            netns="", link="", mac="", policy="", joined=target))
+        self.db.add_attachment(
+            Attachment(
+                sandbox=spec.id,
+                user=spec.user,
+                mode="container",
+                network=None,
+                address=None,
+                netns="",
+                link="",
+                mac="",
+                policy="",
+                joined=target,
+            )
+        )
         address = other.address if other else None
         resolv = self._resolv() if other else ""
         return Attached(NetnsPlan("path", path), _hosts(address, spec.name), resolv)
@@ -293,25 +354,39 @@ class NetworkManager:
         cfg = self.config
         nets = {n.id: n for n in self.db.networks()}
         policies = tuple(
-            nft.EgressPolicy(name=_chain_name(p.name), mode=p.egress.mode, allow=p.egress.allow,
-                             allow_private=p.egress.allow_private,
-                             host_ports=p.egress.host_ports)
-            for p in cfg.profiles.values())
+            nft.EgressPolicy(
+                name=_chain_name(p.name),
+                mode=p.egress.mode,
+                allow=p.egress.allow,
+                allow_private=p.egress.allow_private,
+                host_ports=p.egress.host_ports,
+            )
+            for p in cfg.profiles.values()
+        )
         sandboxes = []
         for att in self.db.attachments():
             net = nets.get(att.network or 0)
             if att.mode != "bridge" or net is None or att.address is None:
                 continue
             ports = tuple(_published(p) for p in self.db.ports(att.sandbox))
-            sandboxes.append(nft.SandboxRules(sid=att.sandbox, bridge=self.bridge_name(net),
-                                              address=att.address, policy=att.policy,
-                                              ports=ports))
+            sandboxes.append(
+                nft.SandboxRules(
+                    sid=att.sandbox,
+                    bridge=self.bridge_name(net),
+                    address=att.address,
+                    policy=att.policy,
+                    ports=ports,
+                )
+            )
         return nft.Ruleset(
-            table=self.instance, pool=cfg.network.pool,
-            networks=tuple(nft.NetworkRules(self.bridge_name(n), n.subnet)
-                           for n in nets.values()),
-            policies=policies, sandboxes=tuple(sandboxes),
-            host_ports=cfg.network.host_ports, resolvers=self.resolvers())
+            table=self.instance,
+            pool=cfg.network.pool,
+            networks=tuple(nft.NetworkRules(self.bridge_name(n), n.subnet) for n in nets.values()),
+            policies=policies,
+            sandboxes=tuple(sandboxes),
+            host_ports=cfg.network.host_ports,
+            resolvers=self.resolvers(),
+        )
 
     def apply(self) -> int:
         return nft.apply(self.ruleset())
@@ -325,7 +400,7 @@ class NetworkManager:
                 self.release(att.sandbox)
         keep_ns = {a.netns for a in self.db.attachments() if a.netns}
         for name in netlink.list_netns(f"{self.instance}-"):
-            sid = name[len(self.instance) + 1:]
+            sid = name[len(self.instance) + 1 :]
             if SANDBOX_ID.fullmatch(sid) and name not in keep_ns:
                 log.warning("removing leftover netns %s", name)
                 netlink.remove_netns(name)
@@ -363,16 +438,23 @@ class NetworkManager:
             return None
         net = self.db.network_by_id(att.network) if att.network else None
         return {
-            "mode": att.mode, "network": net.name if net else None, "address": att.address,
-            "gateway": ipam.gateway_of(net.subnet) if net else None, "mac": att.mac or None,
+            "mode": att.mode,
+            "network": net.name if net else None,
+            "address": att.address,
+            "gateway": ipam.gateway_of(net.subnet) if net else None,
+            "mac": att.mac or None,
             "joined": att.joined or None,
             "ports": [format_port(_published(p)) for p in self.db.ports(sid)],
         }
 
 
 def _published(row: dict[str, Any]) -> nft.Published:
-    return nft.Published(host_port=row["host_port"], ctr_port=row["ctr_port"],
-                         proto=row["proto"], host_ip=row["host_ip"] or None)
+    return nft.Published(
+        host_port=row["host_port"],
+        ctr_port=row["ctr_port"],
+        proto=row["proto"],
+        host_ip=row["host_ip"] or None,
+    )
 
 
 def _port_free(proto: str, port: int, host_ip: str | None) -> bool:

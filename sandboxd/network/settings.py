@@ -86,22 +86,34 @@ def parse_network(raw: Any) -> NetworkConfig:
     where = "network"
     if not isinstance(raw, dict):
         raise _bad(where, "expected a table")
-    known = {"pool", "subnet_prefix", "resolvers", "host_ports", "max_networks", "macvlan_parent",
-             "macvlan_subnet", "macvlan_range", "macvlan_gateway"}
+    known = {
+        "pool",
+        "subnet_prefix",
+        "resolvers",
+        "host_ports",
+        "max_networks",
+        "macvlan_parent",
+        "macvlan_subnet",
+        "macvlan_range",
+        "macvlan_gateway",
+    }
     unknown = set(raw) - known
     if unknown:
         raise _bad(f"{where}.{sorted(unknown)[0]}", "unknown key")
     pool = _net(raw.get("pool", DEFAULT_POOL), f"{where}.pool")
     prefix = raw.get("subnet_prefix", 24)
-    if (isinstance(prefix, bool) or not isinstance(prefix, int)
-            or not pool.prefixlen <= prefix <= 29):
+    if (
+        isinstance(prefix, bool)
+        or not isinstance(prefix, int)
+        or not pool.prefixlen <= prefix <= 29
+    ):
         raise _bad(f"{where}.subnet_prefix", f"must be between {pool.prefixlen} and 29")
     resolvers = raw.get("resolvers", [])
     if not isinstance(resolvers, list):
         raise _bad(f"{where}.resolvers", "expected a list of IPv4 addresses")
     ports = raw.get("host_ports", [])
     if not isinstance(ports, list):
-        raise _bad(f"{where}.host_ports", "expected a list like [\"tcp/8890\"]")
+        raise _bad(f"{where}.host_ports", 'expected a list like ["tcp/8890"]')
     host_ports = tuple(_proto_port(str(p), f"{where}.host_ports") for p in ports)
     most = raw.get("max_networks", 5)
     if isinstance(most, bool) or not isinstance(most, int) or most < 1:
@@ -113,14 +125,22 @@ def parse_network(raw: Any) -> NetworkConfig:
         if not rng.subnet_of(subnet):
             raise _bad(f"{where}.macvlan_range", f"{rng} is not inside {subnet}")
         gw = raw.get("macvlan_gateway", "")
-        mv = Macvlan(parent=mv.parent, subnet=str(subnet), range=str(rng),
-                     gateway=_ip(gw, f"{where}.macvlan_gateway") if gw else "")
+        mv = Macvlan(
+            parent=mv.parent,
+            subnet=str(subnet),
+            range=str(rng),
+            gateway=_ip(gw, f"{where}.macvlan_gateway") if gw else "",
+        )
         if len(mv.parent) > 15:
             raise _bad(f"{where}.macvlan_parent", "not a link name")
     return NetworkConfig(
-        pool=str(pool), subnet_prefix=prefix,
+        pool=str(pool),
+        subnet_prefix=prefix,
         resolvers=tuple(_ip(r, f"{where}.resolvers") for r in resolvers) or None,
-        host_ports=host_ports, max_networks=most, macvlan=mv)
+        host_ports=host_ports,
+        max_networks=most,
+        macvlan=mv,
+    )
 
 
 def parse_allow(text: Any, key: str) -> Allow:
@@ -145,15 +165,19 @@ def parse_egress(table: dict[str, Any], where: str) -> Egress:
     allow = table.get("egress_allow", [])
     private = table.get("egress_allow_private", [])
     host_ports = table.get("host_ports", [])
-    for key, value in (("egress_allow", allow), ("egress_allow_private", private),
-                       ("host_ports", host_ports)):
+    for key, value in (
+        ("egress_allow", allow),
+        ("egress_allow_private", private),
+        ("host_ports", host_ports),
+    ):
         if not isinstance(value, list):
             raise _bad(f"{where}.{key}", "expected a list")
     return Egress(
         mode=mode,
         allow=tuple(parse_allow(a, f"{where}.egress_allow") for a in allow),
         allow_private=tuple(str(_net(p, f"{where}.egress_allow_private")) for p in private),
-        host_ports=tuple(_proto_port(str(p), f"{where}.host_ports") for p in host_ports))
+        host_ports=tuple(_proto_port(str(p), f"{where}.host_ports") for p in host_ports),
+    )
 
 
 def parse_port(text: Any) -> Published:
@@ -168,15 +192,19 @@ def parse_port(text: Any) -> Published:
         try:
             host_ip = str(ipaddress.IPv4Address(parts[0]))
         except ValueError:
-            raise InvalidRequest(f"ports: {text!r}: {parts[0]!r} is not an IPv4 address",
-                                 reason="bad-port") from None
+            raise InvalidRequest(
+                f"ports: {text!r}: {parts[0]!r} is not an IPv4 address", reason="bad-port"
+            ) from None
         parts = parts[1:]
-    if (proto not in ("tcp", "udp") or len(parts) != 2
-            or not all(p.isdigit() and 0 < int(p) < 65536 for p in parts)):
-        raise InvalidRequest(f"ports: {text!r} is not [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]",
-                             reason="bad-port")
-    return Published(host_port=int(parts[0]), ctr_port=int(parts[1]), proto=proto,
-                     host_ip=host_ip)
+    if (
+        proto not in ("tcp", "udp")
+        or len(parts) != 2
+        or not all(p.isdigit() and 0 < int(p) < 65536 for p in parts)
+    ):
+        raise InvalidRequest(
+            f"ports: {text!r} is not [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]", reason="bad-port"
+        )
+    return Published(host_port=int(parts[0]), ctr_port=int(parts[1]), proto=proto, host_ip=host_ip)
 
 
 def format_port(p: Published) -> str:
@@ -210,19 +238,24 @@ SANDBOX_REF = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 def check_mode(network: str, ports: Any) -> tuple[str, ...]:
     """Admission of ``network`` and ``ports`` (whether a named network exists is the manager's
     business); returns the ports in canonical form. 400 for anything malformed."""
-    ok = (network in ("none", "host", "bridge", "macvlan")
-          or (network.startswith("container:") and SANDBOX_REF.fullmatch(network[10:]))
-          or (NETWORK_NAME.fullmatch(network) and network not in RESERVED))
+    ok = (
+        network in ("none", "host", "bridge", "macvlan")
+        or (network.startswith("container:") and SANDBOX_REF.fullmatch(network[10:]))
+        or (NETWORK_NAME.fullmatch(network) and network not in RESERVED)
+    )
     if not ok:
         raise InvalidRequest(
             f"network: {network!r} is not bridge, none, host, macvlan, container:<id> or a "
-            "network name", reason="bad-network")
+            "network name",
+            reason="bad-network",
+        )
     if not isinstance(ports, list):
-        raise InvalidRequest("ports: expected a list like [\"8080:80/tcp\"]", reason="bad-port")
+        raise InvalidRequest('ports: expected a list like ["8080:80/tcp"]', reason="bad-port")
     parsed = [parse_port(p) for p in ports]
     if parsed and (network in ("none", "host", "macvlan") or network.startswith("container:")):
-        raise InvalidRequest(f"ports: cannot publish ports with network {network}",
-                             reason="bad-port")
+        raise InvalidRequest(
+            f"ports: cannot publish ports with network {network}", reason="bad-port"
+        )
     keys = [(p.proto, p.host_port) for p in parsed]
     if len(set(keys)) != len(keys):
         raise InvalidRequest("ports: a host port is published twice", reason="bad-port")

@@ -17,8 +17,15 @@ from .rootfs import HOME, SANDBOX_UID, RootfsPlan
 BWRAP = "/usr/bin/bwrap"
 
 #: Docker's masked /proc files (bound over with an empty read-only file when present on the host)
-MASKED_FILES = ("/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/sched_debug",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/interrupts")
+MASKED_FILES = (
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/interrupts",
+)
 #: Docker's masked /proc directories (covered by an empty read-only tmpfs)
 MASKED_DIRS = ("/proc/acpi", "/proc/asound", "/proc/scsi")
 #: Docker's read-only /proc paths
@@ -37,28 +44,59 @@ class BwrapFds:
 def environment(spec: SandboxSpec, python_bin: str | None) -> list[tuple[str, str]]:
     """The sandbox's environment: a clean base, then the spec's variables on top."""
     path = DEFAULT_PATH if not python_bin else f"{python_bin}:{DEFAULT_PATH}"
-    base = [("PATH", path), ("HOME", HOME), ("USER", "jovyan"), ("LOGNAME", "jovyan"),
-            ("SHELL", "/bin/bash"), ("LANG", "C.UTF-8"), ("HOSTNAME", spec.name),
-            ("SANDBOXD_SANDBOX_ID", spec.id)]
+    base = [
+        ("PATH", path),
+        ("HOME", HOME),
+        ("USER", "jovyan"),
+        ("LOGNAME", "jovyan"),
+        ("SHELL", "/bin/bash"),
+        ("LANG", "C.UTF-8"),
+        ("HOSTNAME", spec.name),
+        ("SANDBOXD_SANDBOX_ID", spec.id),
+    ]
     given = dict(spec.env)
     return [(k, v) for k, v in base if k not in given] + list(spec.env)
 
 
-def build_argv(spec: SandboxSpec, rootfs: RootfsPlan, fds: BwrapFds, *, empty_file: str,
-               python_bin: str | None = None,
-               host_proc: tuple[str, ...] | None = None) -> list[str]:
+def build_argv(
+    spec: SandboxSpec,
+    rootfs: RootfsPlan,
+    fds: BwrapFds,
+    *,
+    empty_file: str,
+    python_bin: str | None = None,
+    host_proc: tuple[str, ...] | None = None,
+) -> list[str]:
     """bwrap argv for ``spec``; ``host_proc`` lists the /proc entries that exist on this host."""
     exists = (lambda p: p in host_proc) if host_proc is not None else os.path.exists
     argv = [
         BWRAP,
-        "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-        "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
-        "--disable-userns", "--cap-drop", "ALL", "--new-session",
-        "--hostname", spec.name,
-        "--bind", rootfs.root, "/",
-        "--proc", "/proc",
-        "--dev", "/dev",
-        "--perms", "1777", "--tmpfs", "/dev/shm",
+        "--unshare-user",
+        "--uid",
+        str(SANDBOX_UID),
+        "--gid",
+        str(SANDBOX_UID),
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--disable-userns",
+        "--cap-drop",
+        "ALL",
+        "--new-session",
+        "--hostname",
+        spec.name,
+        "--bind",
+        rootfs.root,
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/dev/shm",
     ]
     for path in MASKED_FILES:
         if exists(path):
@@ -73,10 +111,14 @@ def build_argv(spec: SandboxSpec, rootfs: RootfsPlan, fds: BwrapFds, *, empty_fi
     for key, value in environment(spec, python_bin):
         argv += ["--setenv", key, value]
     argv += [
-        "--chdir", spec.workdir,
-        "--seccomp", str(fds.seccomp),
-        "--info-fd", str(fds.info),
-        "--json-status-fd", str(fds.status),
+        "--chdir",
+        spec.workdir,
+        "--seccomp",
+        str(fds.seccomp),
+        "--info-fd",
+        str(fds.info),
+        "--json-status-fd",
+        str(fds.status),
         "--",
         *spec.command,
     ]

@@ -714,8 +714,11 @@ class CgroupV1(CgroupDriver):
         hierarchy of a hybrid host (membership only, no controllers) is skipped for the same
         reason: its ``cgroup.procs`` write paid that cost on every start."""
         unified = self._unified + "/" if self._unified else None
-        return [os.path.join(d, "tasks") for d in self._dirs(user, sandbox)
-                if unified is None or not d.startswith(unified)]
+        return [
+            os.path.join(d, "tasks")
+            for d in self._dirs(user, sandbox)
+            if unified is None or not d.startswith(unified)
+        ]
 
     def pids(self, user: str, sandbox: str) -> list[int]:
         found: set[int] = set()

@@ -62,8 +62,13 @@ def spawn(plan: LaunchPlan, *, stdin: int, stdout: int, stderr: int) -> subproce
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         proc = subprocess.Popen(
-            list(plan.argv), stdin=stdin, stdout=stdout, stderr=stderr, close_fds=True,
-            pass_fds=plan.pass_fds, cwd="/",
+            list(plan.argv),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            close_fds=True,
+            pass_fds=plan.pass_fds,
+            cwd="/",
             preexec_fn=lambda: _child_setup(plan, err_w),
         )
     except (subprocess.SubprocessError, OSError) as exc:

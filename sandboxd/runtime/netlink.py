@@ -94,8 +94,12 @@ def create_netns(name: str) -> str:
         try:
             with _thread_netns(None):
                 syscalls.unshare(syscalls.CLONE_NEWNET)
-                syscalls.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path,
-                               None, syscalls.MS_BIND)
+                syscalls.mount(
+                    f"/proc/self/task/{threading.get_native_id()}/ns/net",
+                    path,
+                    None,
+                    syscalls.MS_BIND,
+                )
         except BaseException:
             os.unlink(path)
             raise
@@ -185,8 +189,10 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int) -> None:
         if idx is None:
             ipr.link("add", ifname=name, kind="bridge")
             idx = _index(ipr, name)
-        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-                for a in ipr.get_addr(index=idx, family=AF_INET)}
+        have = {
+            (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+            for a in ipr.get_addr(index=idx, family=AF_INET)
+        }
         if (gateway, prefixlen) not in have:
             ipr.addr("add", index=idx, address=gateway, prefixlen=prefixlen)
         ipr.link("set", index=idx, state="up")
@@ -250,15 +256,20 @@ def mac_for(address: str) -> str:
 
 
 @off_loop
-def add_veth(ns_name: str, host_end: str, bridge: str, address: str, prefixlen: int,
-             gateway: str) -> str:
+def add_veth(
+    ns_name: str, host_end: str, bridge: str, address: str, prefixlen: int, gateway: str
+) -> str:
     """A veth pair: ``host_end`` on ``bridge``, ``eth0`` in the sandbox netns with ``address``.
 
     Returns the sandbox end's MAC address. On failure the pair is deleted before raising.
     """
     with IPRoute() as ipr, _mapped(f"veth {host_end}"):
-        ipr.link("add", ifname=host_end, kind="veth",
-                 peer={"ifname": "eth0", "net_ns_fd": ns_name, "address": mac_for(address)})
+        ipr.link(
+            "add",
+            ifname=host_end,
+            kind="veth",
+            peer={"ifname": "eth0", "net_ns_fd": ns_name, "address": mac_for(address)},
+        )
         try:
             idx = _index(ipr, host_end)
             ipr.link("set", index=idx, master=_index(ipr, bridge), state="up")
@@ -271,15 +282,15 @@ def add_veth(ns_name: str, host_end: str, bridge: str, address: str, prefixlen: 
 
 
 @off_loop
-def add_macvlan(ns_name: str, tmp_name: str, parent: str, address: str, prefixlen: int,
-                gateway: str | None) -> str:
+def add_macvlan(
+    ns_name: str, tmp_name: str, parent: str, address: str, prefixlen: int, gateway: str | None
+) -> str:
     """A macvlan (bridge mode) on ``parent``, moved into the sandbox netns as ``eth0``."""
     with IPRoute() as ipr, _mapped(f"macvlan on {parent}"):
         parent_idx = _index(ipr, parent)
         if parent_idx is None:
             raise NetworkError(f"macvlan parent {parent!r} does not exist")
-        ipr.link("add", ifname=tmp_name, kind="macvlan", link=parent_idx,
-                 macvlan_mode="bridge")
+        ipr.link("add", ifname=tmp_name, kind="macvlan", link=parent_idx, macvlan_mode="bridge")
         try:
             idx = _index(ipr, tmp_name)
             ipr.link("set", index=idx, net_ns_fd=ns_name)
@@ -314,10 +325,14 @@ def counters(host_end: str) -> Counters | None:
         return None
     # host end rx = what the sandbox sent; host end tx = what the sandbox received
     return Counters(
-        rx_bytes=stats.get("tx_bytes", 0), rx_packets=stats.get("tx_packets", 0),
-        rx_dropped=stats.get("tx_dropped", 0), rx_errors=stats.get("tx_errors", 0),
-        tx_bytes=stats.get("rx_bytes", 0), tx_packets=stats.get("rx_packets", 0),
-        tx_dropped=stats.get("rx_dropped", 0), tx_errors=stats.get("rx_errors", 0),
+        rx_bytes=stats.get("tx_bytes", 0),
+        rx_packets=stats.get("tx_packets", 0),
+        rx_dropped=stats.get("tx_dropped", 0),
+        rx_errors=stats.get("tx_errors", 0),
+        tx_bytes=stats.get("rx_bytes", 0),
+        tx_packets=stats.get("rx_packets", 0),
+        tx_dropped=stats.get("rx_dropped", 0),
+        tx_errors=stats.get("rx_errors", 0),
     )
 
 

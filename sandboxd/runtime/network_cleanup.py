@@ -31,7 +31,7 @@ def cleanup_instance(config: Config) -> list[str]:
 
     attempt(f"nft table inet {inst}", nft.remove, inst)  # idempotent: add, then delete
     for name in netlink.list_netns(f"{inst}-"):
-        if re.fullmatch(r"[0-9a-f]{16}", name[len(inst) + 1:]):
+        if re.fullmatch(r"[0-9a-f]{16}", name[len(inst) + 1 :]):
             attempt(f"netns {name}", netlink.remove_netns, name)
     try:
         links = netlink.list_links(inst)
@@ -42,4 +42,3 @@ def cleanup_instance(config: Config) -> list[str]:
         if re.fullmatch(rf"{re.escape(inst)}(v|m|br-)\S+", link):
             attempt(f"link {link}", netlink.delete_link, link)
     return removed
-

@@ -138,8 +138,9 @@ def policy_chain(name: str) -> str:
 # the builder ---------------------------------------------------------------------------------
 
 
-def _chain(table: str, name: str, hook: str | None = None, kind: str = "filter",
-           prio: int = 0) -> Json:
+def _chain(
+    table: str, name: str, hook: str | None = None, kind: str = "filter", prio: int = 0
+) -> Json:
     chain: Json = {"family": FAMILY, "table": table, "name": name}
     if hook:
         chain.update(type=kind, hook=hook, prio=prio, policy="accept")
@@ -150,8 +151,9 @@ def _egress_rules(rs: Ruleset, pol: EgressPolicy) -> list[list[Json]]:
     rules: list[list[Json]] = []
     if pol.mode in ("nat", "allow") and rs.resolvers:
         for proto in ("udp", "tcp"):
-            rules.append([_match(_ip("daddr"), _addrs(rs.resolvers)),
-                          _match(_dport(proto), 53), ACCEPT])
+            rules.append(
+                [_match(_ip("daddr"), _addrs(rs.resolvers)), _match(_dport(proto), 53), ACCEPT]
+            )
     rules.append([_match(_ip("daddr"), _addr(rs.pool)), DROP])
     if pol.mode == "allow":
         for entry in pol.allow:
@@ -177,9 +179,11 @@ def _dnat_rules(sb: SandboxRules) -> list[list[Json]]:
         rule = [_match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")]
         if port.host_ip:
             rule.append(_match(_ip("daddr"), port.host_ip))
-        rule += [_match(_meta("l4proto"), port.proto),
-                 _match(_dport(port.proto), port.host_port),
-                 {"dnat": {"family": "ip", "addr": sb.address, "port": port.ctr_port}}]
+        rule += [
+            _match(_meta("l4proto"), port.proto),
+            _match(_dport(port.proto), port.host_port),
+            {"dnat": {"family": "ip", "addr": sb.address, "port": port.ctr_port}},
+        ]
         out.append(rule)
     return out
 
@@ -206,33 +210,70 @@ def build(rs: Ruleset) -> list[Json]:
 
     rules.append(("forward", [_ct("state", ["established", "related"]), ACCEPT]))
     if bridges:
-        rules.append(("forward", [_ct("status", "dnat"), _match(_meta("oifname"), _names(bridges)),
-                                  ACCEPT]))
+        rules.append(
+            ("forward", [_ct("status", "dnat"), _match(_meta("oifname"), _names(bridges)), ACCEPT])
+        )
     for net in sorted(rs.networks, key=lambda n: n.bridge):
-        rules.append(("forward", [_match(_meta("iifname"), net.bridge),
-                                  _match(_meta("oifname"), net.bridge), ACCEPT]))
+        rules.append(
+            (
+                "forward",
+                [
+                    _match(_meta("iifname"), net.bridge),
+                    _match(_meta("oifname"), net.bridge),
+                    ACCEPT,
+                ],
+            )
+        )
     known = {p.name for p in rs.policies}
     for sb in sorted(rs.sandboxes, key=lambda s: s.sid):
         verdict = {"jump": {"target": policy_chain(sb.policy)}} if sb.policy in known else DROP
-        rules.append(("forward", [_match(_meta("iifname"), sb.bridge),
-                                  _match(_ip("saddr"), sb.address), verdict]))
+        rules.append(
+            (
+                "forward",
+                [_match(_meta("iifname"), sb.bridge), _match(_ip("saddr"), sb.address), verdict],
+            )
+        )
     if bridges:
         rules.append(("forward", [_match(_meta("iifname"), _names(bridges)), DROP]))
         rules.append(("forward", [_match(_meta("oifname"), _names(bridges)), DROP]))
 
-        rules.append(("input", [_match(_meta("iifname"), _names(bridges)),
-                                _ct("state", ["established", "related"]), ACCEPT]))
+        rules.append(
+            (
+                "input",
+                [
+                    _match(_meta("iifname"), _names(bridges)),
+                    _ct("state", ["established", "related"]),
+                    ACCEPT,
+                ],
+            )
+        )
         for proto, port in sorted(set(rs.host_ports)):
-            rules.append(("input", [_match(_meta("iifname"), _names(bridges)),
-                                    _match(_meta("l4proto"), proto),
-                                    _match(_dport(proto), port), ACCEPT]))
+            rules.append(
+                (
+                    "input",
+                    [
+                        _match(_meta("iifname"), _names(bridges)),
+                        _match(_meta("l4proto"), proto),
+                        _match(_dport(proto), port),
+                        ACCEPT,
+                    ],
+                )
+            )
         own_ports = {p.name: p.host_ports for p in rs.policies if p.host_ports}
         for sb in sorted(rs.sandboxes, key=lambda s: s.sid):
             for proto, port in sorted(set(own_ports.get(sb.policy, ()))):
-                rules.append(("input", [_match(_meta("iifname"), sb.bridge),
-                                        _match(_ip("saddr"), sb.address),
-                                        _match(_meta("l4proto"), proto),
-                                        _match(_dport(proto), port), ACCEPT]))
+                rules.append(
+                    (
+                        "input",
+                        [
+                            _match(_meta("iifname"), sb.bridge),
+                            _match(_ip("saddr"), sb.address),
+                            _match(_meta("l4proto"), proto),
+                            _match(_dport(proto), port),
+                            ACCEPT,
+                        ],
+                    )
+                )
         rules.append(("input", [_match(_meta("iifname"), _names(bridges)), DROP]))
 
     for sb in sorted(rs.sandboxes, key=lambda s: s.sid):
@@ -240,15 +281,29 @@ def build(rs: Ruleset) -> list[Json]:
             rules.append(("prerouting", rule))
             rules.append(("output", rule))
     for net in sorted(rs.networks, key=lambda n: n.bridge):
-        rules.append(("postrouting", [_match(_ip("saddr"), _addr(net.subnet)),
-                                      _match(_meta("oifname"), net.bridge, "!="),
-                                      {"masquerade": None}]))
-        rules.append(("postrouting", [_match(_ip("saddr"), _addr(net.subnet)),
-                                      _match(_ip("daddr"), _addr(net.subnet)),
-                                      _ct("status", "dnat"), {"masquerade": None}]))
+        rules.append(
+            (
+                "postrouting",
+                [
+                    _match(_ip("saddr"), _addr(net.subnet)),
+                    _match(_meta("oifname"), net.bridge, "!="),
+                    {"masquerade": None},
+                ],
+            )
+        )
+        rules.append(
+            (
+                "postrouting",
+                [
+                    _match(_ip("saddr"), _addr(net.subnet)),
+                    _match(_ip("daddr"), _addr(net.subnet)),
+                    _ct("status", "dnat"),
+                    {"masquerade": None},
+                ],
+            )
+        )
     for chain, expr in rules:
-        cmds.append({"add": {"rule": {"family": FAMILY, "table": t, "chain": chain,
-                                      "expr": expr}}})
+        cmds.append({"add": {"rule": {"family": FAMILY, "table": t, "chain": chain, "expr": expr}}})
     return cmds
 
 
@@ -261,8 +316,13 @@ def count_rules(cmds: list[Json]) -> int:
 
 def _nft(payload: Json | None, *args: str) -> str:
     try:
-        proc = subprocess.run(["nft", "-j", *args], input=json.dumps(payload) if payload else None,
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            ["nft", "-j", *args],
+            input=json.dumps(payload) if payload else None,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise NetworkError(f"nft failed: {exc}") from exc
     if proc.returncode != 0:
@@ -279,8 +339,16 @@ def apply(rs: Ruleset) -> int:
 
 def remove(table: str) -> None:
     """Drop the table if it exists (idempotent)."""
-    _nft({"nftables": [{"add": {"table": {"family": FAMILY, "name": table}}},
-                       {"delete": {"table": {"family": FAMILY, "name": table}}}]}, "-f", "-")
+    _nft(
+        {
+            "nftables": [
+                {"add": {"table": {"family": FAMILY, "name": table}}},
+                {"delete": {"table": {"family": FAMILY, "name": table}}},
+            ]
+        },
+        "-f",
+        "-",
+    )
 
 
 def listed_rules(table: str) -> list[Json]:

@@ -23,11 +23,37 @@ HOST_IMAGE_VERSION = "4"
 
 #: host /etc entries copied into the host image (an allow-list: never shadow, sudoers, ssh keys)
 ETC_ALLOW = (
-    "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
-    "host.conf", "gai.conf", "protocols", "services", "mime.types", "os-release",
-    "debian_version", "bash.bashrc", "profile", "inputrc", "ssl", "ca-certificates",
-    "ca-certificates.conf", "alternatives", "fonts", "locale.alias", "environment", "magic",
-    "magic.mime", "mailcap", "networks", "shells", "ethertypes", "xattr.conf", "rpc",
+    "nsswitch.conf",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "host.conf",
+    "gai.conf",
+    "protocols",
+    "services",
+    "mime.types",
+    "os-release",
+    "debian_version",
+    "bash.bashrc",
+    "profile",
+    "inputrc",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "alternatives",
+    "fonts",
+    "locale.alias",
+    "environment",
+    "magic",
+    "magic.mime",
+    "mailcap",
+    "networks",
+    "shells",
+    "ethertypes",
+    "xattr.conf",
+    "rpc",
 )
 
 #: host system directories bound read-only (symlinks among them are recreated as symlinks)
@@ -92,16 +118,31 @@ def _copy_etc(skeleton: str) -> None:
             shutil.copytree(src, dst, symlinks=True, ignore_dangling_symlinks=True)
         elif os.path.isfile(src):
             shutil.copy2(src, dst)
-    for name, text in (("passwd", PASSWD), ("group", GROUP), ("hostname", "sandbox\n"),
-                       ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n"),
-                       ("resolv.conf", "")):
+    for name, text in (
+        ("passwd", PASSWD),
+        ("group", GROUP),
+        ("hostname", "sandbox\n"),
+        ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n"),
+        ("resolv.conf", ""),
+    ):
         with open(os.path.join(etc, name), "w") as fh:
             fh.write(text)
 
 
 def _make_skeleton(skeleton: str, envs: tuple[str, ...]) -> None:
-    for d in ("etc", "proc", "dev", "sys", "run", "var/tmp", "var/lib", "home", "root", "mnt",
-              "srv"):
+    for d in (
+        "etc",
+        "proc",
+        "dev",
+        "sys",
+        "run",
+        "var/tmp",
+        "var/lib",
+        "home",
+        "root",
+        "mnt",
+        "srv",
+    ):
         os.makedirs(os.path.join(skeleton, d), mode=0o755, exist_ok=True)
     for path in SYSTEM_DIRS:
         if os.path.islink(path):
@@ -159,8 +200,7 @@ def resolve_volume(text: str, allowed_roots: tuple[str, ...]) -> Volume:
     """
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise InvalidRequest(f"volume {text!r}: expected HOST:CONTAINER[:ro]",
-                             reason="bad-volume")
+        raise InvalidRequest(f"volume {text!r}: expected HOST:CONTAINER[:ro]", reason="bad-volume")
     host, ctr = parts[0], parts[1]
     mode = parts[2] if len(parts) == 3 else "rw"
     if mode not in ("ro", "rw"):
@@ -174,14 +214,16 @@ def resolve_volume(text: str, allowed_roots: tuple[str, ...]) -> Volume:
     real = os.path.realpath(host)
     if not any(_inside(real, root) for root in allowed_roots):
         raise InvalidRequest(
-            f"volume {text!r}: {host} is not under an allowed volume root", reason="volume-denied")
+            f"volume {text!r}: {host} is not under an allowed volume root", reason="volume-denied"
+        )
     if not os.path.isdir(real):
         raise InvalidRequest(f"volume {text!r}: {host} is not a directory", reason="bad-volume")
     return Volume(host=real, container=os.path.normpath(ctr), read_only=mode == "ro")
 
 
-def plan(spec: SandboxSpec, image: Image, sandbox_dir: str,
-         extra_dirs: tuple[str, ...] = ()) -> RootfsPlan:
+def plan(
+    spec: SandboxSpec, image: Image, sandbox_dir: str, extra_dirs: tuple[str, ...] = ()
+) -> RootfsPlan:
     """``extra_dirs``: per-sandbox dirs under the sandbox's run dir, bound at ``/run/<name>``
     (for example the kernel's ZMQ ipc sockets and connection file)."""
     return RootfsPlan(
@@ -216,21 +258,35 @@ def mount_plan(p: RootfsPlan) -> None:
     """Launcher child, in its private mount namespace, as root: build the sandbox's root."""
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     size = f",size={p.disk}" if p.disk else ""
-    syscalls.mount("sbx-rw", p.rw, "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV,
-                   f"mode=0700{size}")
+    syscalls.mount(
+        "sbx-rw", p.rw, "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, f"mode=0700{size}"
+    )
     upper, work = os.path.join(p.rw, "upper"), os.path.join(p.rw, "work")
     os.mkdir(upper, 0o755)
     os.mkdir(work, 0o700)
-    syscalls.mount("sbx-root", p.root, "overlay", syscalls.MS_NOSUID | syscalls.MS_NODEV,
-                   f"lowerdir={':'.join(p.lowers)},upperdir={upper},workdir={work}")
+    syscalls.mount(
+        "sbx-root",
+        p.root,
+        "overlay",
+        syscalls.MS_NOSUID | syscalls.MS_NODEV,
+        f"lowerdir={':'.join(p.lowers)},upperdir={upper},workdir={work}",
+    )
     _chown_dir(p.root, p.uid, 0o755)
     _chown_dir(p.root + HOME, p.uid, 0o755)
     for host in p.binds:
         target = p.root + host
         os.makedirs(target, exist_ok=True)
         syscalls.mount(host, target, None, syscalls.MS_BIND | syscalls.MS_REC)
-        syscalls.mount(None, target, None, syscalls.MS_REMOUNT | syscalls.MS_BIND
-                       | syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV)
+        syscalls.mount(
+            None,
+            target,
+            None,
+            syscalls.MS_REMOUNT
+            | syscalls.MS_BIND
+            | syscalls.MS_RDONLY
+            | syscalls.MS_NOSUID
+            | syscalls.MS_NODEV,
+        )
     for vol in p.volumes:
         target = p.root + vol.container
         os.makedirs(target, exist_ok=True)
@@ -243,14 +299,17 @@ def mount_plan(p: RootfsPlan) -> None:
         target = p.root + ctr
         os.makedirs(target, exist_ok=True)
         syscalls.mount(host, target, None, syscalls.MS_BIND)
-        syscalls.mount(None, target, None, syscalls.MS_REMOUNT | syscalls.MS_BIND
-                       | syscalls.MS_NOSUID | syscalls.MS_NODEV)
+        syscalls.mount(
+            None,
+            target,
+            None,
+            syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_NOSUID | syscalls.MS_NODEV,
+        )
     _make_workdir(p.root, p.workdir, p.uid)
     with open(p.root + "/etc/hostname", "w") as fh:
         fh.write(p.hostname + "\n")
     with open(p.root + "/etc/hosts", "w") as fh:
-        fh.write(p.etc_hosts
-                 or f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{p.hostname}\n")
+        fh.write(p.etc_hosts or f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{p.hostname}\n")
     if p.etc_resolv is not None:
         with open(p.root + "/etc/resolv.conf", "w") as fh:
             fh.write(p.etc_resolv)

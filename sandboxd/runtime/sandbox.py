@@ -67,8 +67,14 @@ class LiveSandbox:
 class Runtime:
     """Host side of every sandbox of one instance."""
 
-    def __init__(self, *, instance: str, run_dir: str, state_dir: str,
-                 cgroup_driver: cgroups.CgroupDriver | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        instance: str,
+        run_dir: str,
+        state_dir: str,
+        cgroup_driver: cgroups.CgroupDriver | None = None,
+    ) -> None:
         self.instance = instance
         self.run_dir = run_dir
         self.state_dir = state_dir
@@ -83,8 +89,10 @@ class Runtime:
         self.cgroups = cgroup_driver or cgroups.probe(instance)
         self.images = {"host": rootfs.host_image(os.path.join(state_dir, "images"))}
         self.host_proc = tuple(
-            p for p in (*bwrap.MASKED_FILES, *bwrap.MASKED_DIRS, *bwrap.READONLY_PATHS)
-            if os.path.exists(p))
+            p
+            for p in (*bwrap.MASKED_FILES, *bwrap.MASKED_DIRS, *bwrap.READONLY_PATHS)
+            if os.path.exists(p)
+        )
         self.empty_file = rootfs.empty_file(run_dir)
         self.live: dict[str, LiveSandbox] = {}
 
@@ -106,10 +114,15 @@ class Runtime:
 
     # start -----------------------------------------------------------------------------------
 
-    async def start(self, spec: SandboxSpec, *, user_limits: Limits,
-                    net: netns.NetnsPlan | None = None,
-                    extra_dirs: tuple[str, ...] = (),
-                    prepare: Callable[[str], None] | None = None) -> LiveSandbox:
+    async def start(
+        self,
+        spec: SandboxSpec,
+        *,
+        user_limits: Limits,
+        net: netns.NetnsPlan | None = None,
+        extra_dirs: tuple[str, ...] = (),
+        prepare: Callable[[str], None] | None = None,
+    ) -> LiveSandbox:
         """Create and start ``spec``; on any failure release what was made and raise.
 
         ``prepare(directory)`` runs once the run dir and ``extra_dirs`` exist and before the
@@ -140,22 +153,43 @@ class Runtime:
 
             info_r, info_w = os.pipe2(os.O_CLOEXEC)
             undo.callback(_close_quietly, info_r)
-            status_fd = os.open(os.path.join(directory, "status.json"),
-                                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            out_fd = os.open(self.log_path(spec.id, "stdout"),
-                             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            err_fd = os.open(self.log_path(spec.id, "stderr"),
-                             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            stdin_r, stdin_w = (os.pipe2(os.O_CLOEXEC) if spec.stdin
-                                else (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), None))
+            status_fd = os.open(
+                os.path.join(directory, "status.json"),
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                0o600,
+            )
+            out_fd = os.open(
+                self.log_path(spec.id, "stdout"),
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                0o600,
+            )
+            err_fd = os.open(
+                self.log_path(spec.id, "stderr"),
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                0o600,
+            )
+            stdin_r, stdin_w = (
+                os.pipe2(os.O_CLOEXEC)
+                if spec.stdin
+                else (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), None)
+            )
             fds = bwrap.BwrapFds(seccomp=seccomp_fd, info=info_w, status=status_fd)
             argv = bwrap.build_argv(
-                spec, plan_root, fds, empty_file=self.empty_file,
-                python_bin=os.path.dirname(image.python), host_proc=self.host_proc)
+                spec,
+                plan_root,
+                fds,
+                empty_file=self.empty_file,
+                python_bin=os.path.dirname(image.python),
+                host_proc=self.host_proc,
+            )
             plan = launch.LaunchPlan(
-                argv=tuple(argv), cgroup_procs=tuple(self.cgroups.join_paths(spec.user, spec.id)),
-                net=net or netns.NetnsPlan("none"), rootfs=plan_root, uid=spec.uid,
-                pass_fds=(seccomp_fd, info_w, status_fd))
+                argv=tuple(argv),
+                cgroup_procs=tuple(self.cgroups.join_paths(spec.user, spec.id)),
+                net=net or netns.NetnsPlan("none"),
+                rootfs=plan_root,
+                uid=spec.uid,
+                pass_fds=(seccomp_fd, info_w, status_fd),
+            )
             try:
                 proc = launch.spawn(plan, stdin=stdin_r, stdout=out_fd, stderr=err_fd)
             finally:
@@ -166,9 +200,15 @@ class Runtime:
             undo.callback(_reap, proc)
             init_pid = await self._read_info(info_r, proc, spec.id)
             await self._wait_exec(init_pid, proc, spec.id)
-            live = LiveSandbox(spec=spec, pid=proc.pid, init_pid=init_pid, directory=directory,
-                               exited=asyncio.get_running_loop().create_future(), proc=proc,
-                               stdin_fd=stdin_w)
+            live = LiveSandbox(
+                spec=spec,
+                pid=proc.pid,
+                init_pid=init_pid,
+                directory=directory,
+                exited=asyncio.get_running_loop().create_future(),
+                proc=proc,
+                stdin_fd=stdin_w,
+            )
             self._watch(live)
             undo.pop_all()
         if stdin_w is not None:
@@ -218,11 +258,13 @@ class Runtime:
                 message = self._bwrap_error(sid)
                 if message.startswith("bwrap:"):
                     if "execvp" in message:
-                        raise InvalidRequest(f"cannot run the command: {message[7:]}",
-                                             reason="bad-command")
+                        raise InvalidRequest(
+                            f"cannot run the command: {message[7:]}", reason="bad-command"
+                        )
                     if "chdir" in message:
-                        raise InvalidRequest(f"bad working directory: {message[7:]}",
-                                             reason="bad-workdir")
+                        raise InvalidRequest(
+                            f"bad working directory: {message[7:]}", reason="bad-workdir"
+                        )
                     raise LaunchError(f"bwrap failed: {message}")
                 return
             await asyncio.sleep(0.0005)
@@ -358,8 +400,13 @@ class Runtime:
         if pid is None or not _is_bwrap(pid) or pid not in self._cgroup_pids(spec):
             return None
         loop = asyncio.get_running_loop()
-        live = LiveSandbox(spec=spec, pid=pid, init_pid=_first_child(pid),
-                           directory=self.directory(spec.id), exited=loop.create_future())
+        live = LiveSandbox(
+            spec=spec,
+            pid=pid,
+            init_pid=_first_child(pid),
+            directory=self.directory(spec.id),
+            exited=loop.create_future(),
+        )
         self.live[spec.id] = live
         self._watch(live)
         return live

@@ -34,10 +34,13 @@ def _b(value: str | None) -> bytes | None:
     return value.encode() if value is not None else None
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int,
-          data: str | None = None) -> None:
-    _check(_libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
-           f"mount {target}")
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    _check(
+        _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
+        f"mount {target}",
+    )
 
 
 def umount(target: str, flags: int = MNT_DETACH) -> None:
