@@ -4,7 +4,7 @@
 VENV     := .venv
 PY       := $(VENV)/bin/python
 PYTHON   ?= python3
-APT_PKGS := bubblewrap nftables iproute2 libseccomp2 util-linux procps prometheus
+APT_PKGS := python3 python3-venv bubblewrap nftables iproute2 libseccomp2 util-linux procps prometheus
 STAMP    := $(VENV)/.installed
 NODE_DIR := .node
 CHP      := $(NODE_DIR)/node_modules/.bin/configurable-http-proxy
