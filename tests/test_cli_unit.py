@@ -211,14 +211,17 @@ def test_stats_row_like_docker() -> None:
         "49.80%",
         "12.3MiB / 64MiB",
         "19.22%",
-        "3 / 64",
+        "-",
         "1.2MiB / 0B",
+        "3 / 64",
     ]
+    bridged = {**STATS, "net_rx_bytes": 2048, "net_tx_bytes": 3 * 1024 * 1024}
+    assert stats_row(bridged)[5] == "2KiB / 3MiB"
 
 
 def test_stats_row_without_limits() -> None:
     row = stats_row({**STATS, "memory_limit": None, "pids_limit": None, "memory_percent": None})
-    assert row[3] == "12.3MiB / -" and row[4] == "-" and row[5] == "3 / -"
+    assert row[3] == "12.3MiB / -" and row[4] == "-" and row[7] == "3 / -"
 
 
 def test_stats_table_aligns_columns() -> None:

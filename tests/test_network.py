@@ -514,6 +514,12 @@ def test_counters_in_stats(net: Net) -> None:
     stats = alice.call("GET", f"/api/sandboxes/{sb['id']}/stats")
     assert stats["net_rx_bytes"] > 0 and stats["net_tx_bytes"] > 0
     assert stats["net_rx_packets"] >= 5 and stats["net_rx_dropped"] >= 0
+    env = {**os.environ, "SANDBOXD_URL": net.d.url, "SANDBOXD_TOKEN": alice.token or ""}
+    table = subprocess.run(
+        [SANDBOXCTL, "stats", sb["id"]], env=env, capture_output=True, text=True
+    ).stdout.splitlines()
+    column = table[0].index("NET I/O")
+    assert "NET I/O" in table[0] and table[1][column:].split()[0] != "-", table
     net.rm(alice, sb["id"])
 
 

@@ -15,7 +15,7 @@ from ..errors import InvalidRequest, NotFound, SandboxdError
 from ..state import SandboxRecord
 from .base import BaseHandler, token_from
 
-STATS_SAMPLE_SECONDS = 0.25
+STATS_SAMPLE_SECONDS = 0.5  # several CFS periods, so a quota shows as its share
 ATTACH_POLL_SECONDS = 0.02
 
 

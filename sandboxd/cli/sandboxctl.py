@@ -244,7 +244,16 @@ def ps_row(model: Json, now: datetime | None = None) -> list[str]:
 
 
 PS_HEADERS = ("ID", "NAME", "USER", "STATE", "STATUS", "COMMAND")
-STATS_HEADERS = ("ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS", "BLOCK I/O")
+STATS_HEADERS = (
+    "ID",
+    "NAME",
+    "CPU %",
+    "MEM USAGE / LIMIT",
+    "MEM %",
+    "NET I/O",
+    "BLOCK I/O",
+    "PIDS",
+)
 
 
 def _size_or_dash(value: Any) -> str:
@@ -266,9 +275,18 @@ def stats_row(stats: Json) -> list[str]:
         _percent(stats.get("cpu_percent")),
         f"{_size_or_dash(stats.get('memory_usage'))} / {limit}",
         _percent(stats.get("memory_percent")),
-        f"{stats.get('pids_current', '-')} / {pids_limit if pids_limit else '-'}",
+        _net_io(stats),
         _block_io(stats),
+        f"{stats.get('pids_current', '-')} / {pids_limit if pids_limit else '-'}",
     ]
+
+
+def _net_io(stats: Json) -> str:
+    """Received / sent by the sandbox (its veth); ``-`` without a network of its own."""
+    rx, tx = stats.get("net_rx_bytes"), stats.get("net_tx_bytes")
+    if rx is None and tx is None:
+        return "-"
+    return f"{_size_or_dash(rx)} / {_size_or_dash(tx)}"
 
 
 def _block_io(stats: Json) -> str:
