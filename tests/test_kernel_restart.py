@@ -1,0 +1,57 @@
+"""A kernel survives a daemon killed with SIGKILL: same id, same process, its state kept."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+from conftest import PREFIX, SANDBOXD, Daemon, make_daemon, other_instance, stop_daemon
+from test_kernel_fixtures import config, execute, start_kernel, stdout_of, ws_connect
+
+
+@pytest.fixture
+def kernel_daemon() -> Iterator[Daemon]:
+    ksdir = tempfile.mkdtemp(prefix=f"{PREFIX}-ksr-")
+    vol = tempfile.mkdtemp(prefix=f"{PREFIX}-kvolr-")
+    d = make_daemon(other_instance("q"), config(ksdir, vol))
+    d.start()
+    yield d
+    stop_daemon(d)
+    subprocess.run(
+        [SANDBOXD, "cleanup", "--instance", d.instance, "--state-dir", d.state_dir, "--purge"],
+        capture_output=True,
+    )
+    shutil.rmtree(ksdir, ignore_errors=True)
+    shutil.rmtree(vol, ignore_errors=True)
+
+
+def test_kernel_is_readopted_after_sigkill(kernel_daemon: Daemon) -> None:
+    alice = kernel_daemon.user("alice")
+    kernel = start_kernel(alice)
+    ws = ws_connect(kernel_daemon, alice, kernel["id"])
+    reply, _ = execute(ws, "remembered = 41 + 1")
+    assert reply["content"]["status"] == "ok"
+    ws.close()
+    sandbox = alice.call("GET", f"/api/kernels/{kernel['id']}")["sandbox"]
+    pid = alice.call("GET", f"/api/sandboxes/{sandbox}")["pid"]
+
+    kernel_daemon.kill(signal.SIGKILL)
+    kernel_daemon.start()
+
+    model = alice.call("GET", f"/api/kernels/{kernel['id']}")
+    assert model["id"] == kernel["id"] and model["execution_state"] != "dead"
+    assert alice.call("GET", f"/api/sandboxes/{sandbox}")["pid"] == pid
+    assert [k["id"] for k in alice.call("GET", "/api/kernels")] == [kernel["id"]]
+    ws = ws_connect(kernel_daemon, alice, kernel["id"])
+    try:
+        reply, iopub = execute(ws, "print(remembered)")
+        assert reply["content"]["status"] == "ok"
+        assert stdout_of(iopub).strip() == "42"  # the same process: its state survived
+    finally:
+        ws.close()
+    alice.call("DELETE", f"/api/kernels/{kernel['id']}", expect=204)
+    assert alice.request("GET", f"/api/sandboxes/{sandbox}").status_code == 404
