@@ -397,6 +397,53 @@ def test_same_network_reachable_others_not(net: Net) -> None:
     alice.call("DELETE", "/api/networks/lab", expect=204)
 
 
+# a UDP listener printing the source of every datagram; a sender of real and forged datagrams
+RECORDER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    d, a = s.recvfrom(100); print(a[0], d.decode(), flush=True)
+"""
+FORGER = r"""
+import socket, sys
+target, port, forged = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+real = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+fake = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+fake.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND: no capability needed
+fake.bind((forged, 0))
+refused = 0
+for _ in range(5):
+    real.sendto(b"real", (target, port))
+    try:
+        fake.sendto(b"forged", (target, port))
+    except OSError:  # the kernel itself refuses a foreign source without CAP_NET_ADMIN
+        refused += 1
+print("sent", refused, flush=True)
+"""
+
+
+def test_a_sandbox_cannot_send_from_another_address(net: Net) -> None:
+    alice = net.user("alice")
+    rec = alice.run([PYTHON, "-u", "-c", RECORDER, str(CTR)])
+    net.started.append((alice, rec["id"]))
+    deadline = time.monotonic() + 20
+    while "ready" not in alice.logs(rec["id"])["stdout"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rec = alice.call("GET", f"/api/sandboxes/{rec['id']}")
+    target = address(rec)
+    forged = target.rsplit(".", 1)[0] + ".250"  # another address of the same subnet
+    result, out, err = alice.run_to_end([PYTHON, "-c", FORGER, target, str(CTR), forged])
+    assert result["exit_code"] == 0 and "sent" in out, err
+    time.sleep(0.5)
+    seen = alice.logs(rec["id"])["stdout"].splitlines()[1:]
+    assert any(line.endswith(" real") for line in seen), seen  # the path works
+    assert not any(line.endswith(" forged") for line in seen), seen  # the forgery never arrives
+    assert not any(line.startswith(forged) for line in seen), seen
+    net.rm(alice, rec["id"])
+
+
 # 5. sandbox ↔ host ---------------------------------------------------------------------------
 
 

@@ -226,3 +226,27 @@ def test_mac_follows_the_address() -> None:
     from sandboxd.runtime.netlink import mac_for
 
     assert mac_for("10.213.0.2") == "02:42:0a:d5:00:02"
+
+
+def test_spoof_guard_pins_each_bridge_port_to_its_address() -> None:
+    rs = nft.Ruleset(
+        table="sbxq",
+        pool="10.213.0.0/16",
+        sandboxes=(
+            nft.SandboxRules(
+                sid="a", bridge="sbxqbr-1", address="10.213.0.2", policy="default", link="sbxqv0a"
+            ),
+            nft.SandboxRules(sid="b", bridge="sbxqbr-1", address="10.213.0.3", policy="default"),
+        ),
+    )
+    cmds = nft._spoof_guard(rs)
+    rules = [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]
+    assert {r["chain"] for r in rules} == {"forward", "input"} and len(rules) == 2
+    for rule in rules:
+        assert rule["family"] == "bridge" and rule["table"] == "sbxq"
+        text = json.dumps(rule["expr"])
+        assert '"sbxqv0a"' in text and '"10.213.0.2"' in text and '"!="' in text
+        assert rule["expr"][-1] == {"drop": None}
+    chains = [c["add"]["chain"] for c in cmds if "chain" in c.get("add", {})]
+    assert {c["hook"] for c in chains} == {"forward", "input"}
+    assert nft.count_rules(nft.build(rs) + cmds) == nft.count_rules(nft.build(rs)) + 2

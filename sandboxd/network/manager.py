@@ -376,6 +376,7 @@ class NetworkManager:
                     address=att.address,
                     policy=att.policy,
                     ports=ports,
+                    link=att.link,
                 )
             )
         return nft.Ruleset(

@@ -15,6 +15,12 @@ Shape of the table (``B`` = the set of our bridges):
             per sandbox: iif bridge + saddr address + its profile's host ports accept; drop
   prerouting/output (nat)  published ports: fib daddr local [daddr H] proto dport → dnat
   postrouting (nat)        per network: saddr subnet oif != bridge masquerade; hairpin masquerade
+
+A second table, ``bridge <instance>``, guards the source address at the bridge ports: a frame
+from a sandbox's veth with an IPv4 source other than the sandbox's own is dropped (forward and
+input hooks), so no sandbox can borrow another's address, and with it its egress policy or its
+allowed host ports (a process needs no capability to send from a foreign address with
+``IP_FREEBIND``). The inet table alone cannot do this: its hooks see the bridge, not the port.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class SandboxRules:
     address: str
     policy: str
     ports: tuple[Published, ...] = ()
+    link: str = ""  # the host end of its veth (bridge port), for the source-address guard
 
 
 @dataclass(frozen=True)
@@ -330,20 +337,58 @@ def _nft(payload: Json | None, *args: str) -> str:
     return proc.stdout
 
 
+def _spoof_guard(rs: Ruleset) -> list[Json]:
+    """The ``bridge`` family table: per bridge port, only the sandbox's own IPv4 source."""
+    t = rs.table
+    cmds: list[Json] = [
+        {"add": {"table": {"family": "bridge", "name": t}}},
+        {"delete": {"table": {"family": "bridge", "name": t}}},
+        {"add": {"table": {"family": "bridge", "name": t}}},
+    ]
+    for hook in ("forward", "input"):
+        cmds.append(
+            {
+                "add": {
+                    "chain": {
+                        "family": "bridge",
+                        "table": t,
+                        "name": hook,
+                        "type": "filter",
+                        "hook": hook,
+                        "prio": -200,
+                        "policy": "accept",
+                    }
+                }
+            }
+        )
+    for sb in rs.sandboxes:
+        if not sb.link:
+            continue
+        for hook in ("forward", "input"):
+            expr = [_match(_meta("iifname"), sb.link), _match(_ip("saddr"), sb.address, "!="), DROP]
+            cmds.append(
+                {"add": {"rule": {"family": "bridge", "table": t, "chain": hook, "expr": expr}}}
+            )
+    return cmds
+
+
 def apply(rs: Ruleset) -> int:
     """Replace the table atomically; returns the number of rules in it."""
-    cmds = build(rs)
+    cmds = build(rs) + _spoof_guard(rs)
     _nft({"nftables": cmds}, "-f", "-")
     return count_rules(cmds)
 
 
 def remove(table: str) -> None:
-    """Drop the table if it exists (idempotent)."""
+    """Drop the tables (inet and bridge) if they exist (idempotent)."""
     _nft(
         {
             "nftables": [
-                {"add": {"table": {"family": FAMILY, "name": table}}},
-                {"delete": {"table": {"family": FAMILY, "name": table}}},
+                {"add": {"table": {"family": family, "name": table}}}
+                if i == 0
+                else {"delete": {"table": {"family": family, "name": table}}}
+                for family in (FAMILY, "bridge")
+                for i in (0, 1)
             ]
         },
         "-f",
