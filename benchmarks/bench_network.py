@@ -24,10 +24,14 @@ RUNS = 20
 
 
 def rules(table: str) -> int:
-    out = subprocess.run(
-        ["nft", "-j", "list", "table", "inet", table], capture_output=True, text=True
-    ).stdout
-    return sum(1 for i in json.loads(out or '{"nftables": []}')["nftables"] if "rule" in i)
+    """Rules in the instance's tables: ``inet`` (policy, NAT) and ``bridge`` (source guard)."""
+    total = 0
+    for family in ("inet", "bridge"):
+        out = subprocess.run(
+            ["nft", "-j", "list", "table", family, table], capture_output=True, text=True
+        ).stdout
+        total += sum(1 for i in json.loads(out or '{"nftables": []}')["nftables"] if "rule" in i)
+    return total
 
 
 def main() -> None:
