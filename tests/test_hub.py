@@ -574,6 +574,36 @@ def test_hub_restart_finds_running_servers(env: HubEnv) -> None:
     assert server_sandbox(env, "alice")["id"] == before["id"]  # the same sandbox, via load_state
 
 
+def test_named_server_is_a_sandbox_of_its_own(env: HubEnv) -> None:
+    default = server_sandbox(env, "alice")
+    env.api("POST", "/users/alice/servers/lab", expect=(201, 202))
+    resp = env.http.get(
+        f"{env.public}/hub/api/users/alice/servers/lab/progress",
+        stream=True,
+        timeout=180,
+        headers={"Authorization": f"token {env.tester_token}"},
+    )
+    events = [
+        json.loads(line[5:])
+        for line in resp.iter_lines(decode_unicode=True)
+        if line and line.startswith("data:")
+    ]
+    resp.close()
+    assert events[-1].get("ready"), events
+    servers = [s for s in sandboxes(env, "alice") if s["labels"].get("managed-by") == "jupyterhub"]
+    named = [s for s in servers if s["id"] != default["id"]]
+    assert len(servers) == 2 and len(named) == 1, servers
+    assert named[0]["name"] == "jupyter-alice-lab" and named[0]["state"] == "running"
+    assert env.server("alice", "lab/api/status").status_code == 200
+    assert env.server("alice", "api/status").status_code == 200  # the default one lives on
+    env.api("DELETE", "/users/alice/servers/lab", expect=(202, 204), json={"remove": True})
+    deadline = time.monotonic() + 60
+    while any(s["id"] == named[0]["id"] for s in sandboxes(env, "alice")):
+        assert time.monotonic() < deadline, sandboxes(env, "alice")
+        time.sleep(0.2)
+    assert server_sandbox(env, "alice")["id"] == default["id"]
+
+
 def test_quota_refusal_is_a_spawn_failure_with_the_reason(env: HubEnv) -> None:
     env.daemon.admin.call("POST", "/api/users", json={"name": "carol"})
     env.daemon.admin.call("PUT", "/api/users/carol/quota", json={"max_sandboxes": 0})
