@@ -312,6 +312,7 @@ class DaemonCollector:
             labels=["sandbox"],
         )
         seen_net: set[str] = set()
+        counters = self.sbx.network_counters(records)
         for rec in records:
             stats = all_stats.get(rec.id)
             if stats is None:  # ended between the listing and the read
@@ -320,7 +321,7 @@ class DaemonCollector:
                 value = stats.get(field)
                 if value is not None:
                     fam.add_metric([rec.id], value)
-            for raw, value in (self.sbx.network_counters(rec) or {}).items():
+            for raw, value in counters.get(rec.id, {}).items():
                 key = _network_key(raw)
                 if key in net and value is not None:
                     net[key].add_metric([rec.id], value)

@@ -470,9 +470,9 @@ class Sandboxd:
             return None
         return dict(stats.__dict__)
 
-    def network_counters(self, rec: SandboxRecord) -> dict[str, Any]:
-        """rx/tx counters of the sandbox's veth; none for sandboxes without one."""
-        return self.networks.counters(rec.id)
+    def network_counters(self, records: list[SandboxRecord]) -> dict[str, dict[str, Any]]:
+        """rx/tx counters of each record's veth, by sandbox id; none for sandboxes without one."""
+        return self.networks.counters({r.id for r in records})
 
     def model(self, rec: SandboxRecord) -> dict[str, Any]:
         spec = rec.spec
@@ -508,8 +508,8 @@ class Sandboxd:
             "instance": self.config.instance,
             "cgroup_version": self.runtime.cgroups.version,
             "running": len(self.runtime.live),
-            "sandboxes": len(self.store.list_sandboxes()),
-            "users": len(self.store.list_users()),
+            "sandboxes": self.store.count("sandboxes"),
+            "users": self.store.count("users"),
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
 

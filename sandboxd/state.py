@@ -100,6 +100,13 @@ class SandboxRecord:
     reason: str
 
 
+_COUNT = {t: f"SELECT COUNT(*) FROM {t}" for t in ("users", "sandboxes")}
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(row["name"], row["uid"], bool(row["admin"]), bool(row["service"]), row["created"])
+
+
 class Store:
     """Typed access to the state database."""
 
@@ -142,13 +149,14 @@ class Store:
             if missing_ok:
                 return None
             raise NotFound(f"no user {name!r}", reason="unknown-user")
-        return User(
-            row["name"], row["uid"], bool(row["admin"]), bool(row["service"]), row["created"]
-        )
+        return _user(row)
 
     def list_users(self) -> list[User]:
-        rows = self.db.execute("SELECT name FROM users ORDER BY name").fetchall()
-        return [self.get_user(r[0]) for r in rows]  # type: ignore[misc]
+        return [_user(r) for r in self.db.execute("SELECT * FROM users ORDER BY name")]
+
+    def count(self, table: str) -> int:
+        """Rows of ``users`` or ``sandboxes`` (for status), without loading them."""
+        return int(self.db.execute(_COUNT[table]).fetchone()[0])
 
     def remove_user(self, name: str) -> None:
         self.get_user(name)

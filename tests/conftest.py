@@ -244,10 +244,14 @@ class Daemon:
     log_path: str = ""
     users: dict[str, Client] = field(default_factory=dict)
 
-    def start(self) -> None:
+    def start(self, listen_host: str = "127.0.0.1", netns: str | None = None) -> None:
+        """Start (or restart) the daemon; ``netns``: run it in that named network namespace
+        (with nsenter, not ``ip netns exec``, which remounts /sys and hides the cgroups)."""
         log = open(self.log_path, "ab")
+        enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         self.proc = subprocess.Popen(
             [
+                *enter,
                 SANDBOXD,
                 "serve",
                 "--config",
@@ -255,7 +259,7 @@ class Daemon:
                 "--instance",
                 self.instance,
                 "--listen",
-                f"127.0.0.1:{self.port}",
+                f"{listen_host}:{self.port}",
                 "--state-dir",
                 self.state_dir,
                 "--run-dir",

@@ -28,7 +28,6 @@ import websocket
 from conftest import (
     BIN,
     ROOT,
-    SANDBOXD,
     Client,
     Daemon,
     free_port,
@@ -166,42 +165,6 @@ class HubEnv:
             return fh.read()[-6000:]
 
 
-def _start_daemon(d: Daemon) -> None:
-    """Like Daemon.start, but listening on every address of the test netns: the server
-    sandboxes reach sandboxd's gateway API at their bridge's gateway (its profile allows it)."""
-    log = open(d.log_path, "ab")
-    d.proc = subprocess.Popen(
-        [
-            SANDBOXD,
-            "serve",
-            "--config",
-            d.config_path,
-            "--instance",
-            d.instance,
-            "--listen",
-            f"0.0.0.0:{d.port}",
-            "--state-dir",
-            d.state_dir,
-            "--run-dir",
-            d.run_dir,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    token_file = os.path.join(d.state_dir, "admin-token")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert d.proc.poll() is None, open(d.log_path).read()[-3000:]
-        try:
-            with open(token_file) as fh:
-                d.admin.token = fh.read().strip()
-            requests.get(d.url + "/api/openapi.json", timeout=1)
-            return
-        except (OSError, requests.ConnectionError):
-            time.sleep(0.05)
-    raise AssertionError("sandboxd did not come up")
-
-
 def _kill(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -245,7 +208,9 @@ def env() -> Iterator[HubEnv]:
         )
     env = None
     try:
-        _start_daemon(d)
+        # every address of the test netns: server sandboxes reach sandboxd's gateway API
+        # at their bridge's gateway (their profile allows that port)
+        d.start(listen_host="0.0.0.0")
         hub_token = d.admin.call("POST", "/api/users", json={"name": "hub", "service": True})[
             "token"
         ]

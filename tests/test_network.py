@@ -223,43 +223,6 @@ def address(sb: dict[str, Any]) -> str:
     return sb["network_settings"]["address"]
 
 
-def start_daemon(d: Daemon) -> None:
-    """Start the daemon in H with nsenter (not ``ip netns exec``: that remounts /sys)."""
-    log = open(d.log_path, "ab")
-    d.proc = subprocess.Popen(
-        [
-            "nsenter",
-            f"--net=/run/netns/{H}",
-            SANDBOXD,
-            "serve",
-            "--config",
-            d.config_path,
-            "--instance",
-            d.instance,
-            "--listen",
-            f"127.0.0.1:{d.port}",
-            "--state-dir",
-            d.state_dir,
-            "--run-dir",
-            d.run_dir,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    token_file = os.path.join(d.state_dir, "admin-token")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert d.proc.poll() is None, open(d.log_path).read()[-3000:]
-        try:
-            with open(token_file) as fh:
-                d.admin.token = fh.read().strip()
-            d.admin.call("GET", "/api/status")
-            return
-        except (OSError, ApiError, Exception):  # noqa: B014 - connection refused while starting
-            time.sleep(0.05)
-    raise AssertionError("the daemon in H did not come up")
-
-
 def leftovers_in_h(prefix: str) -> list[str]:
     left = [f"netns {n}" for n in os.listdir("/run/netns") if n.startswith(prefix + "-")]
     for line in sh("ip", "-n", H, "-o", "link", "show").splitlines():
@@ -288,7 +251,7 @@ def net() -> Iterator[Net]:
         servers.append(
             spawn_in(H, PYTHON, "-u", "-c", SERVER, "0.0.0.0", str(HOST_ALLOWED), str(HOST_DENIED))
         )
-        start_daemon(d)
+        d.start(netns=H)
         world = Net(d)
         yield world
         world.cleanup_sandboxes()
@@ -653,7 +616,7 @@ def test_restart_restores_rules_and_readopts(net: Net) -> None:
     net.d.proc.wait(timeout=30)  # type: ignore[union-attr]
     sh("nsenter", f"--net=/run/netns/{H}", "nft", "delete", "table", "inet", INST)
     assert probe_from(L, f"tcp:{LAN_HOST}:18085")[f"tcp:{LAN_HOST}:18085"] == "ERR"
-    start_daemon(net.d)
+    net.d.start(netns=H)
     again = alice.call("GET", f"/api/sandboxes/{sb['id']}")
     assert again["state"] == "running" and address(again) == address(sb)
     assert probe_from(L, f"tcp:{LAN_HOST}:18085") == {f"tcp:{LAN_HOST}:18085": LAN_CLIENT}

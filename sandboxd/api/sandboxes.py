@@ -12,6 +12,7 @@ from typing import Any
 from tornado import websocket
 
 from ..errors import InvalidRequest, NotFound, SandboxdError
+from ..service import iso
 from ..state import SandboxRecord
 from .base import BaseHandler, token_from
 
@@ -79,6 +80,7 @@ async def sampled_stats(sbx: Any, records: list[SandboxRecord]) -> list[dict[str
     """Two reads a short interval apart, so CPU % is a rate, as ``docker stats`` shows it."""
     first = {r.id: (time.monotonic(), sbx.raw_stats(r)) for r in records}
     await asyncio.sleep(STATS_SAMPLE_SECONDS)
+    counters = sbx.network_counters(records)
     out = []
     for rec in records:
         t0, before = first[rec.id]
@@ -87,8 +89,6 @@ async def sampled_stats(sbx: Any, records: list[SandboxRecord]) -> list[dict[str
             continue
         elapsed = time.monotonic() - t0
         used = now["cpu_usage_seconds"] - before["cpu_usage_seconds"]
-        from ..service import iso
-
         out.append(
             {
                 "id": rec.id,
@@ -98,7 +98,7 @@ async def sampled_stats(sbx: Any, records: list[SandboxRecord]) -> list[dict[str
                 "cpu_percent": round(100.0 * used / elapsed, 2) if elapsed > 0 else 0.0,
                 **now,
                 "memory_percent": _percent(now["memory_usage"], now["memory_limit"]),
-                **sbx.network_counters(rec),
+                **counters.get(rec.id, {}),
             }
         )
     return out

@@ -121,12 +121,16 @@ class KernelManager:
         proc, kernel.process = kernel.process, None
         if proc is not None:
             self.by_sandbox.pop(proc.sandbox_id, None)
+        self._close_channels(kernel)
+        return proc
+
+    def _close_channels(self, kernel: Kernel) -> None:
+        """Close the daemon's sockets to the kernel process; clients stay, unattached."""
         if kernel.chans is not None:
             kernel.chans.close()
             kernel.chans = None
         for client in kernel.clients:
             client.detach()
-        return proc
 
     async def _remove_sandbox(self, kernel: Kernel, proc: KernelProcess | None) -> None:
         if proc is None:
@@ -263,11 +267,7 @@ class KernelManager:
             else f"the kernel died: {result.reason}"
         )
         log.info("kernel %s of %s is dead: %s", kernel.id, kernel.owner.name, kernel.reason)
-        if kernel.chans is not None:
-            kernel.chans.close()
-            kernel.chans = None
-        for client in kernel.clients:
-            client.detach()
+        self._close_channels(kernel)
         self._broadcast(kernel, channels.status_message("dead"))
 
     # daemon restart ---------------------------------------------------------------------------

@@ -335,17 +335,17 @@ class NetworkManager:
         """Remove a sandbox's network (idempotent); returns the sandboxes that joined it."""
         att = self.db.attachment(sid)
         joiners = self.db.joiners(sid)
-        if att is not None and att.link:
+        if att is None:  # rows are written before host objects: no row, nothing of ours
+            return joiners
+        if att.link:
             with contextlib.suppress(SandboxdError):
                 netlink.delete_link(att.link)
         with contextlib.suppress(SandboxdError):
             netlink.remove_netns(self.netns_name(sid))
-        if att is not None:
-            had_rules = att.mode == "bridge"
-            self.db.delete_attachment(sid)
-            if had_rules:
-                with contextlib.suppress(SandboxdError):
-                    self.apply()
+        self.db.delete_attachment(sid)
+        if att.mode == "bridge":
+            with contextlib.suppress(SandboxdError):
+                self.apply()
         return joiners
 
     # the nft table --------------------------------------------------------------------------------
@@ -426,12 +426,15 @@ class NetworkManager:
 
     # read side --------------------------------------------------------------------------------
 
-    def counters(self, sid: str) -> dict[str, int]:
-        att = self.db.attachment(sid)
-        if att is None or att.mode != "bridge":
-            return {}
-        found = netlink.counters(att.link)
-        return found.to_json() if found else {}
+    def counters(self, sids: set[str]) -> dict[str, dict[str, int]]:
+        """veth counters of the bridged sandboxes among ``sids`` (others have none)."""
+        links = {
+            a.sandbox: a.link
+            for a in self.db.attachments()
+            if a.sandbox in sids and a.mode == "bridge" and a.link
+        }
+        found = netlink.link_counters(links.values())
+        return {sid: found[link].to_json() for sid, link in links.items() if link in found}
 
     def describe(self, sid: str) -> dict[str, Any] | None:
         att = self.db.attachment(sid)

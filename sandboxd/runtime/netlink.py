@@ -14,7 +14,7 @@ import functools
 import ipaddress
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
@@ -313,16 +313,26 @@ def _mac_inside(ns_name: str) -> str:
 
 
 @off_loop
-def counters(host_end: str) -> Counters | None:
-    """The sandbox's traffic from the host end of its veth; None if the link is gone."""
+def link_counters(names: Collection[str]) -> dict[str, Counters]:
+    """The traffic of several sandboxes from one dump of the host's links, keyed by the host
+    end of each veth; a link that is gone is simply absent. One dump serves a whole scrape:
+    opening a netlink socket per sandbox cost about 4 ms each."""
+    wanted = set(names)
+    if not wanted:
+        return {}
+    found: dict[str, Counters] = {}
     try:
         with IPRoute() as ipr:
-            idx = _index(ipr, host_end)
-            if idx is None:
-                return None
-            stats = ipr.get_links(idx)[0].get_attr("IFLA_STATS64") or {}
+            for link in ipr.get_links():
+                name = link.get_attr("IFLA_IFNAME")
+                if name in wanted:
+                    found[name] = _seen_from_inside(link.get_attr("IFLA_STATS64") or {})
     except (NetlinkError, OSError):
-        return None
+        return {}
+    return found
+
+
+def _seen_from_inside(stats: dict[str, int]) -> Counters:
     # host end rx = what the sandbox sent; host end tx = what the sandbox received
     return Counters(
         rx_bytes=stats.get("tx_bytes", 0),
