@@ -19,7 +19,9 @@ from typing import Any
 
 from . import __version__, admission, blocking, faults, metrics, volumes
 from .config import Config, Quota, parse_quota
-from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Refused, SandboxdError
+from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Reason, Refused, SandboxdError
+from .models.requests import LimitsUpdate, UserCreate
+from .models.types import validate
 from .network.manager import Attached, NetworkManager
 from .runtime import output
 from .runtime.plan import RunDir
@@ -153,19 +155,12 @@ class Sandboxd:
     def add_user(self, actor: User, body: Any) -> dict[str, Any]:
         if not actor.service:
             _require_admin(actor)
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            raise InvalidRequest('expected {"name": ...}')
-        name = body["name"]
-        if not admission.USER_NAME.fullmatch(name):
-            raise InvalidRequest(f"name: {name!r} must match {admission.USER_NAME.pattern}")
+        req = validate(UserCreate, body)
         for key in ("admin", "service"):
-            if not isinstance(body.get(key, False), bool):
-                raise InvalidRequest(f"{key}: expected true or false")
-            if body.get(key) and not actor.admin:
+            if getattr(req, key) and not actor.admin:
                 raise Forbidden(f"only an admin may create {key} users", reason="not-admin")
-        user = self.store.add_user(
-            name, admin=body.get("admin", False), service=body.get("service", False)
-        )
+        user = self.store.add_user(req.name, admin=req.admin, service=req.service)
+        name = req.name
         token = self.store.new_token(name)
         self.store.audit(actor.name, "user-add", name)
         return {**user.to_json(), "token": token}
@@ -229,7 +224,7 @@ class Sandboxd:
         _require_admin(actor)
         self.store.get_user(name)
         current, _ = self.quota_for(name)
-        quota = parse_quota(body, "quota", current)
+        quota = parse_quota(body, "quota", current, reason=Reason.INVALID)
         self.store.set_quota(name, quota.to_json())
         await self._apply_user_limits(name, quota)
         self.store.audit(actor.name, "quota-set", name, str(quota.to_json()))
@@ -431,20 +426,10 @@ class Sandboxd:
         rec = self.lookup(actor, ref)
         if rec.id not in self.runtime.live:
             raise Conflict(f"sandbox {rec.id} is not running", reason="not-running")
-        if not isinstance(body, dict) or not body or set(body) - {"cpus", "memory", "pids"}:
-            raise InvalidRequest("expected an object with cpus, memory and/or pids")
+        req = validate(LimitsUpdate, body)
         spec = SandboxSpec.from_json(rec.spec)
         old = spec.limits
-        merged = {
-            "cpus": old.cpus,
-            "memory": old.memory,
-            "pids": old.pids,
-            "swap": old.swap,
-            "disk": old.disk,
-            **body,
-        }
-        new = admission.limits_for(merged, self.config.profile(spec.profile))
-        new = dataclasses.replace(old, cpus=new.cpus, memory=new.memory, pids=new.pids)
+        new = admission.updated_limits(old, req, self.config.profile(spec.profile))
         usage = self.usage(rec.user)
         usage.sandboxes -= 1
         usage.memory -= old.memory or 0

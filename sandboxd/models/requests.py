@@ -1,0 +1,262 @@
+"""What clients send: request bodies and query strings, one model each.
+
+Only the *shape* is here (types, patterns, ranges). What depends on the caller, the profile or
+the host (quotas, profile maxima, volume ownership, host paths, whether a network exists) is
+policy, decided by plain functions over these models in ``admission.py`` and the service.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
+
+from ..errors import Reason
+from .types import (
+    ENV_KEY_PATTERN,
+    NAME_PATTERN,
+    NETWORK_PATTERN,
+    USER_PATTERN,
+    AbsolutePath,
+    Bool,
+    Cpus,
+    Model,
+    NonNegativeFloat,
+    Text,
+    count,
+    size,
+)
+
+MAX_COMMAND_BYTES = 128 * 1024
+MAX_VOLUMES = 32
+MAX_DEVICE_RULES = 16
+MAX_ENV_VALUE = 65536
+
+NAME_OR_EMPTY = NAME_PATTERN.replace("^", "^(", 1).replace("$", ")?$")
+UserName = Annotated[str, Field(pattern=USER_PATTERN)]
+#: ``bridge``, ``none``, ``host``, ``macvlan``, ``container:<sandbox>`` or a network name
+NetworkMode = Annotated[
+    str, Field(pattern=r"^(container:[A-Za-z0-9_.-]{1,64}|[a-zA-Z0-9][a-zA-Z0-9_.-]{0,31})$")
+]
+#: ``[HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]``
+PortSpec = Annotated[
+    str,
+    Field(pattern=r"^([0-9]{1,3}(\.[0-9]{1,3}){3}:)?[0-9]{1,5}:[0-9]{1,5}(/(tcp|udp))?$"),
+]
+#: ``SOURCE:TARGET[:ro|rw]``; SOURCE is ``NAME[/SUBPATH]`` or (admins) an absolute host path
+VolumeSpec = Annotated[
+    str, Field(min_length=3, max_length=4096, pattern=r"^[^:]+:[^:]+(:(ro|rw))?$")
+]
+#: ``/dev/DEVICE:RATE``
+DeviceRule = Annotated[Text, Field(pattern=r"^/dev/[^:]+:[^:]+$", max_length=256)]
+EnvValue = Annotated[Text, Field(max_length=MAX_ENV_VALUE)]
+EnvKey = Annotated[str, Field(pattern=ENV_KEY_PATTERN)]
+Label = Annotated[str, Field(max_length=1024)]
+
+
+def _env_pairs(value: Any) -> Any:
+    """``["K=V", ...]`` (docker's form) is the same as ``{"K": "V"}``."""
+    if not isinstance(value, list):
+        return value
+    out = {}
+    for item in value:
+        if not isinstance(item, str) or "=" not in item:
+            raise ValueError(f"{str(item)[:64]!r} is not KEY=VALUE")
+        key, _, val = item.partition("=")
+        out[key] = val
+    return out
+
+
+def _command_size(argv: list[str]) -> list[str]:
+    if sum(len(a) for a in argv) > MAX_COMMAND_BYTES:
+        raise ValueError(f"longer than {MAX_COMMAND_BYTES} bytes")
+    return argv
+
+
+Env = Annotated[
+    dict[EnvKey, EnvValue],
+    BeforeValidator(
+        _env_pairs,
+        json_schema_input_type=dict[EnvKey, EnvValue]
+        | list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*=")]],
+    ),
+]
+
+
+class SandboxCreate(Model):
+    """``POST /api/sandboxes``: a command to run in a new sandbox. Unset fields take the
+    profile's defaults."""
+
+    reasons: ClassVar[dict[str, Reason]] = {
+        "network": Reason.BAD_NETWORK,
+        "ports": Reason.BAD_PORT,
+        "volumes": Reason.BAD_VOLUME,
+    }
+
+    command: Annotated[list[Text], Field(min_length=1), AfterValidator(_command_size)] = Field(
+        description="argv to run"
+    )
+    name: Annotated[str, Field(pattern=NAME_OR_EMPTY)] | None = Field(
+        None, description="unique per user, also the hostname; default `sbx-<id8>`"
+    )
+    profile: Annotated[str, Field(min_length=1, max_length=64)] = Field(
+        "default", description="the profile the sandbox is created under"
+    )
+    image: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        None, description="image name; default the profile's"
+    )
+    cpus: Cpus | None = Field(None, description="cores, e.g. 0.5 (up to the profile's max_cpus)")
+    memory: size(4 << 20) | None = Field(None, description="memory limit, e.g. `512m`")
+    swap: size() | None = Field(None, description="swap beyond memory (default 0)")
+    disk: size(1 << 20) | None = Field(None, description="writable layer size, e.g. `1g`")
+    pids: count(8) | None = Field(None, description="most processes at once (at least 8)")
+    device_read_bps: Annotated[list[DeviceRule], Field(max_length=MAX_DEVICE_RULES)] = Field(
+        default_factory=list, description='per-device read rate, `"/dev/vda:1mb"`'
+    )
+    device_write_bps: Annotated[list[DeviceRule], Field(max_length=MAX_DEVICE_RULES)] = Field(
+        default_factory=list, description="per-device write rate"
+    )
+    device_read_iops: Annotated[list[DeviceRule], Field(max_length=MAX_DEVICE_RULES)] = Field(
+        default_factory=list, description='per-device read operations/s, `"/dev/vda:100"`'
+    )
+    device_write_iops: Annotated[list[DeviceRule], Field(max_length=MAX_DEVICE_RULES)] = Field(
+        default_factory=list, description="per-device write operations/s"
+    )
+    volumes: Annotated[list[VolumeSpec], Field(max_length=MAX_VOLUMES)] = Field(
+        default_factory=list,
+        description="`NAME[/SUBPATH]:TARGET[:ro]` (the owner's volumes); an absolute host path "
+        "as SOURCE needs an admin token",
+    )
+    env: Env = Field(default_factory=dict, description='`{"K": "V"}` or `["K=V"]`')
+    workdir: AbsolutePath | None = Field(None, description="default `/home/jovyan`")
+    stdin: Bool = Field(False, description="keep stdin open for `attach` (default: /dev/null)")
+    auto_remove: Bool = Field(False, description="remove the sandbox when it exits")
+    user: UserName | None = Field(
+        None, description="create for that user (an admin, or a service for plain users)"
+    )
+    network: NetworkMode | None = Field(
+        None,
+        description="`bridge` (the user's default network), a network name, `none`, `host` "
+        "(profiles with allow_host_network), `container:<ref>`, `macvlan`; default the "
+        "profile's",
+    )
+    ports: Annotated[list[PortSpec], Field(max_length=64)] = Field(
+        default_factory=list,
+        description="`[HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]`, bridge networks only",
+    )
+    labels: dict[Annotated[str, Field(max_length=256)], Label] = Field(
+        default_factory=dict, description="free-form string labels"
+    )
+
+
+class LimitsUpdate(Model):
+    """``PATCH /api/sandboxes/{ref}``: new limits of a running sandbox (at least one)."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    cpus: Cpus | None = None
+    memory: size(4 << 20) | None = None
+    pids: count(8) | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> LimitsUpdate:
+        if not self.model_fields_set:
+            raise ValueError("expected an object with cpus, memory and/or pids")
+        return self
+
+
+class StopRequest(Model):
+    """``POST /api/sandboxes/{ref}/stop``: SIGTERM, then the cgroup is killed after ``timeout``."""
+
+    timeout: NonNegativeFloat | None = Field(
+        None, description="seconds of grace (default the config's stop_grace_seconds)"
+    )
+
+
+class UserCreate(Model):
+    """``POST /api/users``: a new user and its first token."""
+
+    name: UserName
+    admin: Bool = False
+    service: Bool = Field(
+        False, description="a service token (a JupyterHub) manages plain users' resources"
+    )
+
+
+class NetworkCreate(Model):
+    """``POST /api/networks``: a new bridge network of the caller (or of ``user``)."""
+
+    reasons: ClassVar[dict[str, Reason]] = {"name": Reason.BAD_NETWORK_NAME}
+
+    name: Annotated[str, Field(pattern=NETWORK_PATTERN)]
+    user: UserName | None = Field(None, description="an admin or service: another user's")
+
+
+class KernelStart(Model):
+    """``POST /api/kernels`` (Jupyter gateway API). Other fields (``path``, ...) are ignored, as
+    jupyter_server's gateway does."""
+
+    model_config = ConfigDict(extra="ignore")
+    reasons: ClassVar[dict[str, Reason]] = {"name": Reason.BAD_BODY, "env": Reason.BAD_ENV}
+
+    name: Annotated[str, Field(max_length=256)] | None = Field(
+        None, description="kernelspec name; default the default kernelspec"
+    )
+    env: dict[str, str] | None = Field(
+        None,
+        description="`KERNEL_*` and the config's env_allow pass into the kernel; the rest is "
+        "dropped",
+    )
+
+
+class KernelAction(Model):
+    """``POST /api/kernels/{id}/interrupt|restart``: ``{}`` (what jupyter_server sends)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- query strings --------------------------------------------------------------------------
+
+Flag = Annotated[str, Field(pattern=r"^(0|1|true|false|yes|no)$")]
+
+
+def flag(value: str | None) -> bool:
+    return value in ("1", "true", "yes")
+
+
+class ListQuery(Model):
+    all: Flag | None = Field(None, description="1: exited sandboxes too")
+
+
+class ForceQuery(Model):
+    force: Flag | None = Field(None, description="1: kill a running one / remove one in use")
+
+
+class LogsQuery(Model):
+    tail: Annotated[str, Field(pattern=r"^[0-9]{1,9}$")] | None = Field(
+        None, description="only the last N lines"
+    )
+
+
+class UserQuery(Model):
+    user: UserName | None = Field(None, description="an admin or service: another user's")
+
+
+class KernelspecsQuery(Model):
+    user: UserName | None = Field(
+        None, description="a service or admin: the kernelspecs that user may start"
+    )
+
+
+class VolumeQuery(Model):
+    root: AbsolutePath | None = Field(
+        None, description="a configured volume root (default the first)"
+    )
+
+
+class VolumeDeleteQuery(VolumeQuery):
+    force: Flag | None = Field(None, description="1: remove even while a sandbox binds it")
+
+
+class ChannelsQuery(Model):
+    session_id: Annotated[str, Field(max_length=256)] | None = None
