@@ -107,6 +107,7 @@ class Reason(StrEnum):
     MAX_KERNELS = "max-kernels"
     MAX_NETWORKS = "max-networks"
     MAX_WEBSOCKETS = "max-websockets"
+    STDIN_FULL = "stdin-full"  # the close reason of an attach whose stdin buffer filled up
     MEMORY_QUOTA = "memory-quota"
     CPU_QUOTA = "cpu-quota"
     PROFILE_LIMIT = "profile-limit"
