@@ -57,25 +57,29 @@ class Usage:
 
 def device_rates(values: list[str], key: str, is_rate: bool) -> tuple[DeviceRate, ...]:
     """``["/dev/vda:1mb"]`` → DeviceRate("254:0", 1048576); the path must be a block device."""
+    BAD = Reason.BAD_DEVICE
     out = []
     for item in values:
         path, rate = item.rsplit(":", 1)
         if not path.startswith("/dev/") or ".." in path.split("/"):
-            raise InvalidRequest(f"{key}: {path!r} is not a device under /dev")
+            raise InvalidRequest(f"{key}: {path!r} is not a device under /dev", reason=BAD)
         try:
             st = os.stat(path)  # /dev is root's: no tenant can plant a link there
         except OSError:
-            raise InvalidRequest(f"{key}: no such device {path!r}") from None
+            raise InvalidRequest(f"{key}: no such device {path!r}", reason=BAD) from None
         if not stat.S_ISBLK(st.st_mode):
-            raise InvalidRequest(f"{key}: {path!r} is not a block device")
+            raise InvalidRequest(f"{key}: {path!r} is not a block device", reason=BAD)
         if is_rate:
-            value = parse_size(rate, key)
+            try:
+                value = parse_size(rate, key)
+            except InvalidRequest as exc:
+                raise InvalidRequest(exc.message, reason=BAD) from None
         elif rate.isdigit():
             value = int(rate)
         else:
-            raise InvalidRequest(f"{key}: {rate!r} is not a number of operations")
+            raise InvalidRequest(f"{key}: {rate!r} is not a number of operations", reason=BAD)
         if value <= 0:
-            raise InvalidRequest(f"{key}: rate must be positive")
+            raise InvalidRequest(f"{key}: rate must be positive", reason=BAD)
         out.append(DeviceRate(f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}", value))
     return tuple(out)
 

@@ -9,19 +9,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 from ..errors import Reason
 from .types import (
     ENV_KEY_PATTERN,
     NAME_PATTERN,
     NETWORK_PATTERN,
+    NO_NUL,
     USER_PATTERN,
     AbsolutePath,
     Bool,
     Cpus,
     Model,
     NonNegativeFloat,
+    Query,
     Text,
     count,
     size,
@@ -31,6 +40,13 @@ MAX_COMMAND_BYTES = 128 * 1024
 MAX_VOLUMES = 32
 MAX_DEVICE_RULES = 16
 MAX_ENV_VALUE = 65536
+
+
+def _device_rule(value: str) -> str:
+    if not value.startswith("/dev/") or value.count(":") != 1 or value.endswith(":"):
+        raise ValueError(f"{value[:64]!r} is not /dev/DEVICE:RATE")
+    return value
+
 
 NAME_OR_EMPTY = NAME_PATTERN.replace("^", "^(", 1).replace("$", ")?$")
 UserName = Annotated[str, Field(pattern=USER_PATTERN)]
@@ -48,8 +64,17 @@ VolumeSpec = Annotated[
     str, Field(min_length=3, max_length=4096, pattern=r"^[^:]+:[^:]+(:(ro|rw))?$")
 ]
 #: ``/dev/DEVICE:RATE``
-DeviceRule = Annotated[Text, Field(pattern=r"^/dev/[^:]+:[^:]+$", max_length=256)]
-EnvValue = Annotated[Text, Field(max_length=MAX_ENV_VALUE)]
+DeviceRule = Annotated[
+    Text,
+    Field(max_length=256),
+    WithJsonSchema({"type": "string", "pattern": r"^/dev/[^:\x00]+:[^:\x00]+$", "maxLength": 256}),
+    AfterValidator(_device_rule),
+]
+EnvValue = Annotated[
+    Text,
+    Field(max_length=MAX_ENV_VALUE),
+    WithJsonSchema({"type": "string", "pattern": NO_NUL, "maxLength": MAX_ENV_VALUE}),
+]
 EnvKey = Annotated[str, Field(pattern=ENV_KEY_PATTERN)]
 Label = Annotated[str, Field(max_length=1024)]
 
@@ -75,10 +100,28 @@ def _command_size(argv: list[str]) -> list[str]:
 
 Env = Annotated[
     dict[EnvKey, EnvValue],
-    BeforeValidator(
-        _env_pairs,
-        json_schema_input_type=dict[EnvKey, EnvValue]
-        | list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*=")]],
+    BeforeValidator(_env_pairs),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": ENV_KEY_PATTERN},
+                    "additionalProperties": {
+                        "type": "string",
+                        "pattern": NO_NUL,
+                        "maxLength": MAX_ENV_VALUE,
+                    },
+                },
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "string",
+                        "pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,255}=[^\x00]*$",
+                    },
+                },
+            ]
+        }
     ),
 ]
 
@@ -87,6 +130,21 @@ class SandboxCreate(Model):
     """``POST /api/sandboxes``: a command to run in a new sandbox. Unset fields take the
     profile's defaults."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"command": ["true"]},
+                {
+                    "command": ["sh", "-c", "echo $GREETING; sleep 1"],
+                    "name": "hello",
+                    "memory": "64m",
+                    "cpus": 0.5,
+                    "env": {"GREETING": "hi"},
+                    "labels": {"purpose": "example"},
+                },
+            ]
+        }
+    )
     reasons: ClassVar[dict[str, Reason]] = {
         "network": Reason.BAD_NETWORK,
         "ports": Reason.BAD_PORT,
@@ -176,6 +234,8 @@ class StopRequest(Model):
 class UserCreate(Model):
     """``POST /api/users``: a new user and its first token."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "alice"}]})
+
     name: UserName
     admin: Bool = False
     service: Bool = Field(
@@ -185,6 +245,8 @@ class UserCreate(Model):
 
 class NetworkCreate(Model):
     """``POST /api/networks``: a new bridge network of the caller (or of ``user``)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "lab"}]})
 
     reasons: ClassVar[dict[str, Reason]] = {"name": Reason.BAD_NETWORK_NAME}
 
@@ -224,31 +286,31 @@ def flag(value: str | None) -> bool:
     return value in ("1", "true", "yes")
 
 
-class ListQuery(Model):
+class ListQuery(Query):
     all: Flag | None = Field(None, description="1: exited sandboxes too")
 
 
-class ForceQuery(Model):
+class ForceQuery(Query):
     force: Flag | None = Field(None, description="1: kill a running one / remove one in use")
 
 
-class LogsQuery(Model):
+class LogsQuery(Query):
     tail: Annotated[str, Field(pattern=r"^[0-9]{1,9}$")] | None = Field(
         None, description="only the last N lines"
     )
 
 
-class UserQuery(Model):
+class UserQuery(Query):
     user: UserName | None = Field(None, description="an admin or service: another user's")
 
 
-class KernelspecsQuery(Model):
+class KernelspecsQuery(Query):
     user: UserName | None = Field(
         None, description="a service or admin: the kernelspecs that user may start"
     )
 
 
-class VolumeQuery(Model):
+class VolumeQuery(Query):
     root: AbsolutePath | None = Field(
         None, description="a configured volume root (default the first)"
     )
@@ -258,5 +320,5 @@ class VolumeDeleteQuery(VolumeQuery):
     force: Flag | None = Field(None, description="1: remove even while a sandbox binds it")
 
 
-class ChannelsQuery(Model):
+class ChannelsQuery(Query):
     session_id: Annotated[str, Field(max_length=256)] | None = None

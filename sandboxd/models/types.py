@@ -20,6 +20,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
+    WithJsonSchema,
 )
 
 from ..errors import InvalidRequest, Reason
@@ -47,6 +48,12 @@ class Model(BaseModel):
     """Base of every shape: unknown fields are refused, instances are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Query(Model):
+    """Base of query strings: other arguments (``token``, a cache buster) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -122,6 +129,10 @@ def size(least: int = 0) -> Any:
 Size = size()
 
 
+#: 0.01 and up, as a string
+CPUS_STRING = r"^([1-9][0-9]{0,3}(\.[0-9]{1,6})?|0\.[1-9][0-9]{0,5}|0\.0[1-9][0-9]{0,4})$"
+
+
 def _number(value: Any) -> float:
     """A number, or a string holding one (``KERNEL_CPUS`` arrives as a string)."""
     if isinstance(value, bool):
@@ -133,8 +144,8 @@ def _number(value: Any) -> float:
             raise ValueError(f"{value[:32]!r} is not a number") from None
     if not isinstance(value, (int, float)):
         raise ValueError("expected a number")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError("must be a positive number")
+    if not math.isfinite(value) or value < 0.01:
+        raise ValueError("must be at least 0.01")
     return float(value)
 
 
@@ -143,8 +154,8 @@ Cpus = Annotated[
     float,
     BeforeValidator(
         _number,
-        json_schema_input_type=Annotated[float, Field(gt=0, le=1024)]
-        | Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?$", max_length=16)],
+        json_schema_input_type=Annotated[float, Field(ge=0.01, le=1024)]
+        | Annotated[str, Field(pattern=CPUS_STRING)],
     ),
 ]
 #: a positive number of seconds or cores, as configured (no strings)
@@ -152,8 +163,15 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+def _integer(value: Any) -> Any:
+    """JSON's integers: ``8`` and ``8.0`` (never ``true`` or ``"8"``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def count(least: int = 0) -> Any:
-    return Annotated[StrictInt, Field(ge=least)]
+    return Annotated[StrictInt, Field(ge=least), BeforeValidator(_integer)]
 
 
 def _no_nul(value: str) -> str:
@@ -162,8 +180,11 @@ def _no_nul(value: str) -> str:
     return value
 
 
+NO_NUL = r"^[^\x00]*$"
 #: a string a sandbox's process may see (argv, env values): no NUL byte
-Text = Annotated[str, AfterValidator(_no_nul)]
+Text = Annotated[
+    str, AfterValidator(_no_nul), WithJsonSchema({"type": "string", "pattern": NO_NUL})
+]
 
 
 def _absolute(value: str) -> str:
