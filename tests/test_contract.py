@@ -234,6 +234,21 @@ def test_every_operation_has_an_access_class() -> None:
                     assert str(status) in item["responses"], (route.template, method, caller)
 
 
+#: handlers that take no token from BaseHandler but authorize by rules of their own
+SELF_AUTHORIZED = {"MetricsHandler"}
+
+
+def test_public_handlers_are_the_public_operations() -> None:
+    """``BaseHandler.public`` (no token asked) and the contract's ``public`` agree."""
+    for route in contract.ROUTES:
+        for op in route.ops.values():
+            public = getattr(route.handler, "public", False)
+            if op.access is Access.PUBLIC:
+                assert public, route.template
+            elif public:
+                assert route.handler.__name__ in SELF_AUTHORIZED, route.template
+
+
 @pytest.mark.parametrize(
     "model", ["SandboxCreate", "Sandbox", "UserCreate", "NetworkCreate", "KernelStart"]
 )
