@@ -170,5 +170,5 @@ def test_volume_commands_and_named_binds(daemon: Daemon) -> None:
     r = ctl(daemon, "volume", "rm", "clivol", token=alice.token)
     assert r.returncode == 0, r.stderr
     r = ctl(daemon, "volume", "inspect", "clivol", token=alice.token)
-    assert r.returncode == 1 and "unknown-volume" in r.stdout
+    assert r.returncode == 1 and "unknown-volume" in r.stderr
     ctl(daemon, "volume", "rm", "clivol", token=bob.token)

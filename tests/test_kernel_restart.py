@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
-import tempfile
 from collections.abc import Iterator
 
 import pytest
-from conftest import PREFIX, SANDBOXD, Daemon, make_daemon, other_instance, stop_daemon
-from test_kernel_fixtures import config, execute, start_kernel, stdout_of, ws_connect
+from conftest import Daemon
+from test_kernel_fixtures import execute, kernel_daemon_of, start_kernel, stdout_of, ws_connect
 
 
 @pytest.fixture
 def kernel_daemon() -> Iterator[Daemon]:
-    ksdir = tempfile.mkdtemp(prefix=f"{PREFIX}-ksr-")
-    vol = tempfile.mkdtemp(prefix=f"{PREFIX}-kvolr-")
-    d = make_daemon(other_instance("q"), config(ksdir, vol))
-    d.start()
-    yield d
-    stop_daemon(d)
-    subprocess.run(
-        [SANDBOXD, "cleanup", "--instance", d.instance, "--state-dir", d.state_dir, "--purge"],
-        capture_output=True,
-    )
-    shutil.rmtree(ksdir, ignore_errors=True)
-    shutil.rmtree(vol, ignore_errors=True)
+    with kernel_daemon_of("q") as d:
+        yield d
 
 
 def test_kernel_is_readopted_after_sigkill(kernel_daemon: Daemon) -> None:

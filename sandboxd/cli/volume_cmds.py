@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from .client import ApiError, Client
+from .client import Client
+from .common import each
 
 HEADERS = ("NAME", "USER", "MODE", "MODIFIED", "HOST PATH")
 
@@ -51,29 +52,24 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
     user = _owner(client, args)
-    out, code = [], 0
-    for name in args.names:
-        try:
-            out.append(client.request("GET", f"/api/users/{user}/volumes/{quote(name)}"))
-        except ApiError as exc:
-            print(f"sandboxctl: error: {exc}", flush=True)
-            code = 1
+    out: list[Any] = []
+    code = each(
+        args.names,
+        lambda name: out.append(client.request("GET", f"/api/users/{user}/volumes/{quote(name)}")),
+    )
     print(json.dumps(out, indent=2))
     return code
 
 
 def cmd_rm(client: Client, args: argparse.Namespace) -> int:
     user = _owner(client, args)
-    code = 0
     params = {"force": "1"} if args.force else None
-    for name in args.names:
-        try:
-            client.request("DELETE", f"/api/users/{user}/volumes/{quote(name)}", params=params)
-            print(name)
-        except ApiError as exc:
-            print(f"sandboxctl: error: {exc}", flush=True)
-            code = 1
-    return code
+
+    def remove(name: str) -> None:
+        client.request("DELETE", f"/api/users/{user}/volumes/{quote(name)}", params=params)
+        print(name)
+
+    return each(args.names, remove)
 
 
 Command = Callable[
