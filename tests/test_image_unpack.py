@@ -320,3 +320,9 @@ class _Zeros(io.RawIOBase):
         buf[:n] = bytes(n)
         self.left -= n
         return n
+
+
+def test_hard_link_to_itself_is_kept(scratch: Scratch) -> None:
+    data = layer(member("a/f", data=b"once"), member("./a/f", tarfile.LNKTYPE, linkname="./a/f"))
+    scratch.run(data)
+    assert (scratch.dest / "a/f").read_text() == "once"

@@ -26,7 +26,7 @@ The rules, each enforced here and tested by a hand-made attack in ``tests/test_i
 
 The caller unpacks into a fresh temporary directory and renames it into place only on
 success, so a refused layer leaves nothing behind. This module is stdlib-only but for
-``zstandard``, and runs in a worker process (``run_job``), never on the daemon's loop.
+``zstandard``, and runs in a worker process (``worker.py``), never on the daemon's loop.
 """
 
 from __future__ import annotations
@@ -190,6 +190,8 @@ class _Unpacker:
                 os.close(fd)
             self.dir_times.append((f"{parent}/{name}" if parent else name, int(ti.mtime)))
             return
+        if ti.islnk() and _split(ti.linkname.lstrip("/")) == (parent, name):
+            return  # a hard link to itself (GNU tar, a file listed twice): already there
         safefs.remove_entry(pfd, name)  # tar semantics: a later entry replaces an earlier one
         if ti.isreg():
             self._file(tar, ti, pfd, name)
@@ -306,20 +308,25 @@ def _classify(exc: Exception) -> Exception:
 
 
 def run_job(blob_path: str, dest: str, diff_id: str, limits: Limits) -> dict[str, Any]:
-    """Worker-process entry: make ``dest`` (must not exist), unpack the blob into it, check the
-    diff id. On any failure ``dest`` is removed before the error (``UnsafeLayer``) goes back."""
+    """Unpack the blob file at ``blob_path`` into ``dest`` (see ``unpack_file``)."""
+    with open(blob_path, "rb") as fh:
+        return unpack_file(fh, dest, diff_id, limits)
+
+
+def unpack_file(fh: IO[bytes], dest: str, diff_id: str, limits: Limits) -> dict[str, Any]:
+    """Make ``dest`` (it must not exist), unpack the (compressed) layer ``fh`` into it, check
+    the diff id. On any failure ``dest`` is removed before the error (``UnsafeLayer``) goes up."""
     os.mkdir(dest, 0o700)
     try:
         rootfd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.fchmod(rootfd, 0o755)  # a "./" entry in the tar may change it
-            with open(blob_path, "rb") as fh:
-                try:
-                    result = unpack(open_decompressed(fh), rootfd, limits)
-                except UnsafeLayer:
-                    raise
-                except Exception as exc:
-                    raise _classify(exc) from None
+            try:
+                result = unpack(open_decompressed(fh), rootfd, limits)
+            except UnsafeLayer:
+                raise
+            except Exception as exc:
+                raise _classify(exc) from None
         finally:
             os.close(rootfd)
         if diff_id and result.diff_id != diff_id:
