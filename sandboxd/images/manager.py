@@ -336,6 +336,8 @@ class ImageManager:
             entry[1] -= 1
             if not entry[1] and not entry[0].done():
                 entry[0].cancel()
+                # let it clean up (kill its worker, trash its temp dir) before the error goes up
+                await asyncio.wait([entry[0]])
 
     async def _download(
         self, client: RegistryClient, desc: oci.Descriptor, diff_id: str, progress: _Progress
@@ -522,6 +524,8 @@ class ImageManager:
             if job.task:
                 with contextlib.suppress(BaseException):
                     await job.task
+        if self._layers:
+            await asyncio.wait([entry[0] for entry in self._layers.values()])
         if self._http is not None:
             await self._http.aclose()
         with contextlib.suppress(Exception):

@@ -26,6 +26,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -79,6 +80,7 @@ CREATE TABLE IF NOT EXISTS blobs (
 """
 
 LINK_LETTERS = 12
+log = logging.getLogger("sandboxd.images")
 
 
 @dataclass(frozen=True)
@@ -161,15 +163,22 @@ class ImageStore:
         for name in os.listdir(self.path("layers")):
             if name not in known:  # renamed into place, never recorded
                 moved.append(self._to_trash(self.path("layers", name)))
+        used = {r["diff_id"] for r in self.db.execute("SELECT diff_id FROM image_layers")}
         for hexid, row in known.items():
-            if not os.path.isdir(self.path("layers", hexid, "diff")):
+            if os.path.isdir(self.path("layers", hexid, "diff")):
+                continue
+            if row["diff_id"] in used:  # kept, so its images fail clearly until removed
+                log.error("image layer %s is missing from %s", row["diff_id"], self.root)
+            else:
                 self.db.execute("DELETE FROM layers WHERE diff_id = ?", (row["diff_id"],))
         links = {r["link"]: _hex(r["diff_id"]) for r in self.db.execute("SELECT * FROM layers")}
         for name in os.listdir(self.path("l")):
             if links.get(name) is None or os.readlink(self.path("l", name)) != _target(links[name]):
                 os.unlink(self.path("l", name))
         for link, hexid in links.items():
-            if not os.path.islink(self.path("l", link)):
+            if not os.path.islink(self.path("l", link)) and os.path.isdir(
+                self.path("layers", hexid)
+            ):
                 os.symlink(_target(hexid), self.path("l", link))
         for row in self.db.execute("SELECT digest FROM blobs").fetchall():
             if not os.path.exists(self.blob_path(row["digest"])):
@@ -345,8 +354,12 @@ class ImageStore:
         links = []
         for diff_id in reversed(self.diff_ids_of(image_id)):
             layer = self.layer(diff_id)
-            if layer is None:
-                raise HostError(f"image {image_id}: layer {diff_id} is missing", reason="image")
+            if layer is None or not os.path.isdir(self.layer_dir(diff_id)):
+                raise HostError(
+                    f"image {image_id}: layer {diff_id} is missing from the store; "
+                    "remove the image and pull it again",
+                    reason="image-broken",
+                )
             links.append(f"l/{layer.link}")
         config = oci.parse_config(json.loads(row["config"]))
         return ResolvedImage(
