@@ -180,13 +180,17 @@ class ImageManager:
             if on_event in job.listeners:
                 job.listeners.remove(on_event)
 
-    def _admit(self) -> None:
+    def check_capacity(self) -> None:
+        """429 ``too-many-pulls`` if ``max_concurrent_pulls`` pulls and loads are running."""
         most = self.settings().max_concurrent_pulls
         if self._active >= most:
             raise QuotaExceeded(
                 f"{self._active} image pulls or loads are running (at most {most}); retry later",
                 reason="too-many-pulls",
             )
+
+    def _admit(self) -> None:
+        self.check_capacity()
         self._active += 1
 
     async def _run_pull(self, parsed: reference.Reference, job: _Job) -> dict[str, Any]:
