@@ -85,6 +85,7 @@ max_concurrent_pulls = 4  # pulls + loads at once; more are refused with 429
 layer_downloads = 3       # layers of one pull downloaded at once
 unpack_workers = 2        # worker processes unpacking layers (off the event loop)
 timeout_seconds = 600     # one registry request
+unpack_timeout_seconds = 1800  # one layer's unpack; the worker is killed after
 platform = ""             # "linux/amd64"; "" = this host's
 default_registry = "docker.io"
 allowed_registries = ["docker.io", "ghcr.io", "quay.io"]  # "*" = any

@@ -126,8 +126,7 @@ class ImageManager:
 
     def resolve(self, ref: str) -> ResolvedImage:
         """``ref`` (a name, name@digest, an id) → id, lowerdirs top-first, config. 404 if absent."""
-        parsed = _parse_or_none(ref, self.settings().default_registry)
-        return self.store.resolve_id(self.store.find(ref, parsed))
+        return self.store.resolve(ref, self.settings().default_registry)
 
     def acquire(self, sandbox_id: str, image_id: str) -> None:
         self.store.acquire(sandbox_id, image_id)
@@ -265,6 +264,7 @@ class ImageManager:
         pairs = list(zip(manifest.layers, config.diff_ids, strict=True))
         missing = [(d, i) for d, i in pairs if not store.has_layer(i)]
         emit({"status": "manifest", "id": image_id, "layers": len(pairs), "missing": len(missing)})
+        store.max_bytes = self.settings().max_store_bytes  # follows a config reload
         store.check_room(sum(d.size for d, _ in missing), f"image {image_id[:19]}")
         try:
             return await self._assemble_pinned(
@@ -386,7 +386,15 @@ class ImageManager:
             )
             self._workers.add(proc)
             try:
-                out, err = await proc.communicate(json.dumps(job).encode())
+                async with asyncio.timeout(self.settings().unpack_timeout_seconds):
+                    out, err = await proc.communicate(json.dumps(job).encode())
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise InvalidImage(
+                    "unpacking a layer took longer than images.unpack_timeout_seconds",
+                    reason="layer-too-slow",
+                ) from None
             except BaseException:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()

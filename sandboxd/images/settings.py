@@ -55,6 +55,7 @@ class ImageSettings:
     layer_downloads: int = 3  # layers of one pull downloaded at once
     unpack_workers: int = 2  # worker processes that unpack layers
     timeout_seconds: float = 600.0  # one HTTP request to a registry, start to end
+    unpack_timeout_seconds: float = 1800.0  # one layer's unpack (a worker is killed after)
     platform: str = ""  # "linux/amd64"; "" = this host's
     default_registry: str = DOCKER_HUB
     allowed_registries: tuple[str, ...] = (DOCKER_HUB, "ghcr.io", "quay.io")  # "*" = any
@@ -107,6 +108,7 @@ _INTS = (
     "layer_downloads",
     "unpack_workers",
 )
+_SECONDS = ("timeout_seconds", "unpack_timeout_seconds")
 _REGISTRY_KEYS = {"insecure", "username", "password", "password_file", "mirror"}
 
 
@@ -149,7 +151,7 @@ def parse_images(raw: Any) -> ImageSettings:
     where = "images"
     if not isinstance(raw, dict):
         raise _bad(where, "expected a table")
-    known = {*_SIZES, *_INTS, "timeout_seconds", "platform", "default_registry"}
+    known = {*_SIZES, *_INTS, *_SECONDS, "platform", "default_registry"}
     known |= {"allowed_registries", "registries"}
     unknown = set(raw) - known
     if unknown:
@@ -171,11 +173,12 @@ def parse_images(raw: Any) -> ImageSettings:
             values[key] = value
     if values.get("max_layers", 1) > 500:
         raise _bad(f"{where}.max_layers", "overlayfs stacks at most 500 layers")
-    if "timeout_seconds" in raw:
-        timeout = raw["timeout_seconds"]
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise _bad(f"{where}.timeout_seconds", "expected a positive number")
-        values["timeout_seconds"] = float(timeout)
+    for key in _SECONDS:
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise _bad(f"{where}.{key}", "expected a positive number")
+            values[key] = float(value)
     plat = raw.get("platform", "")
     if not isinstance(plat, str) or (plat and not _PLATFORM.fullmatch(plat)):
         raise _bad(f"{where}.platform", 'expected "os/arch[/variant]", e.g. "linux/amd64"')

@@ -37,9 +37,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Conflict, HostError, NotFound, QuotaExceeded
+from ..errors import Conflict, HostError, InvalidRequest, NotFound, QuotaExceeded
 from . import oci
 from .reference import Reference
+from .reference import parse as parse_reference
+from .settings import DOCKER_HUB
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -346,6 +348,15 @@ class ImageStore:
 
     def image_ids(self) -> list[str]:
         return [r["id"] for r in self.db.execute("SELECT id FROM images ORDER BY created")]
+
+    def resolve(self, ref: str, default_registry: str = DOCKER_HUB) -> ResolvedImage:
+        """Phase B's entry: a reference (name, name@digest, id, id prefix) → the image's id,
+        its overlay lowerdirs (absolute, top first) and its config. 404 ``image-not-found``."""
+        try:
+            parsed: Reference | None = parse_reference(ref, default_registry)
+        except InvalidRequest:
+            parsed = None
+        return self.resolve_id(self.find(ref, parsed))
 
     def resolve_id(self, image_id: str) -> ResolvedImage:
         row = self.db.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
