@@ -30,6 +30,7 @@ def registry() -> Iterator[Registry]:
     try:
         reg.push("busybox", "busybox:latest")
         reg.push("busybox", "tools/busybox:1")
+        reg.push("python", "python:latest")
         yield reg
     finally:
         reg.stop()
@@ -222,3 +223,45 @@ def test_metrics_and_openapi(daemon: Daemon, registry: Registry) -> None:
         doc["paths"]
     )
     assert "Image" in doc["components"]["schemas"]
+
+
+def test_the_loop_keeps_answering_while_a_layer_unpacks(daemon: Daemon, registry: Registry) -> None:
+    """While the Python image's big layer unpacks (in a worker), other requests are served:
+    answers to /api/status arrive between that layer's "extracting" and "complete" events."""
+    import threading
+
+    ref = f"{registry.host}/python:latest"
+    marks: list[tuple[str, str]] = []
+    sizes: dict[str, int] = {}
+    stop = threading.Event()
+    headers = {"Authorization": f"token {daemon.admin.token}"}
+
+    def poll() -> None:
+        while not stop.is_set():
+            resp = requests.get(daemon.url + "/api/status", headers=headers, timeout=60)
+            assert resp.status_code == 200
+            marks.append(("status", ""))
+
+    with requests.post(
+        daemon.url + "/api/images/pull",
+        json={"ref": ref, "stream": True},
+        headers=headers,
+        stream=True,
+        timeout=600,
+    ) as resp:
+        poller = threading.Thread(target=poll)
+        poller.start()
+        try:
+            for line in resp.iter_lines():
+                event = json.loads(line)
+                marks.append((event["status"], event.get("layer", "")))
+                if "layer" in event:
+                    sizes[event["layer"]] = event["total"]
+        finally:
+            stop.set()
+            poller.join()
+    assert [m for m in marks if m[0] != "status"][-1][0] == "done"
+    big = max(sizes, key=lambda layer: sizes[layer])
+    begin, end = marks.index(("extracting", big)), marks.index(("complete", big))
+    assert ("status", "") in marks[begin:end]
+    daemon.admin.call("DELETE", f"/api/images/{quote(ref, safe='')}")
