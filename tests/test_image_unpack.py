@@ -326,3 +326,11 @@ def test_hard_link_to_itself_is_kept(scratch: Scratch) -> None:
     data = layer(member("a/f", data=b"once"), member("./a/f", tarfile.LNKTYPE, linkname="./a/f"))
     scratch.run(data)
     assert (scratch.dest / "a/f").read_text() == "once"
+
+
+@pytest.mark.parametrize("name", ["d/.wh..", "d/.wh...", ".wh...", "d/.wh."])
+def test_whiteouts_naming_the_directory_or_its_parent_are_refused(
+    scratch: Scratch, name: str
+) -> None:
+    data = layer(member("d/", tarfile.DIRTYPE), member("d/keep", data=b"k"), member(name))
+    scratch.refused(data, "unsafe-layer")

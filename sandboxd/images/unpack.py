@@ -165,6 +165,8 @@ class _Unpacker:
         if name.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
             return  # aufs metadata (.wh..wh.plnk and friends): meaningless for overlayfs
         target = name[len(WHITEOUT_PREFIX) :]
+        if target in ("", ".", ".."):  # ".wh.." would name the directory, ".wh..." its parent
+            raise UnsafeLayer("unsafe-layer", f"whiteout {parent}/{name!r} names no entry")
         pfd = safefs.make_dirs_beneath(self.root, parent)
         try:
             safefs.remove_entry(pfd, target)

@@ -213,7 +213,10 @@ def make_dirs_beneath(rootfd: int, path: str, mode: int = 0o755) -> int:
 
 def remove_entry(dirfd: int, name: str) -> bool:
     """Remove ``name`` in ``dirfd`` whatever it is (a directory with its contents); never
-    follows a symlink (``shutil.rmtree`` with ``dir_fd`` works by fd). False if absent."""
+    follows a symlink (``shutil.rmtree`` with ``dir_fd`` works by fd). False if absent.
+    ``name`` is one component: ``.``, ``..`` or a ``/`` would reach beyond it, and are refused."""
+    if name in ("", ".", "..") or "/" in name:
+        raise OSError(errno.EINVAL, f"not a name in a directory: {name!r}", name)
     try:
         os.unlink(name, dir_fd=dirfd)
     except FileNotFoundError:
