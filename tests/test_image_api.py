@@ -162,7 +162,7 @@ def test_load_uploads_and_their_limit(daemon: Daemon, tmp_path: Path) -> None:
     with open(big, "wb") as fh:
         fh.truncate(9 * 1024 * 1024)
     with open(big, "rb") as fh:
-        error(daemon.admin.request("POST", "/api/images/load", data=fh), 413, "too-large")
+        error(daemon.admin.request("POST", "/api/images/load", data=fh), 413, "body-too-large")
     error(
         daemon.admin.request("POST", "/api/images/load", data=b"not a tar" * 99), 422, "bad-archive"
     )
@@ -211,7 +211,7 @@ def test_sandboxctl_image_commands(daemon: Daemon, registry: Registry, tmp_path:
 
 def test_metrics_and_openapi(daemon: Daemon, registry: Registry) -> None:
     daemon.admin.call("POST", "/api/images/pull", json={"ref": f"{registry.host}/busybox"})
-    text = requests.get(daemon.url + "/metrics", timeout=10).text
+    text = daemon.admin.request("GET", "/metrics").text
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
     assert float(lines['sandboxd_image_pulls_total{outcome="success",source="pull"}']) >= 1
     assert 'sandboxd_image_pulls_total{outcome="failure",source="load"}' in lines

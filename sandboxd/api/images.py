@@ -21,9 +21,9 @@ import json
 import os
 from typing import Any
 
-from tornado import web
 from tornado.iostream import StreamClosedError
 
+from .. import blocking
 from ..errors import Forbidden, InvalidRequest, SandboxdError, TooLarge
 from ..images.manager import ImageManager, for_daemon
 from ..state import User
@@ -163,46 +163,45 @@ class PullHandler(_ImageHandler):
         self._closed = True
 
 
-@web.stream_request_body
 class LoadHandler(_ImageHandler):
-    """``POST /api/images/load[?tag=REF]``: the body is the archive (tar, maybe gzip/zstd)."""
+    """``POST /api/images/load[?tag=REF]``: the body is the archive (tar, maybe gzip/zstd),
+    streamed to a file in the store's tmp dir (through the io lane), at most
+    ``images.max_load_bytes``."""
 
     _fh: Any = None
     _work: str | None = None
     _received = 0
 
-    async def prepare(self) -> None:
-        actor = self.current()
-        _require_admin(actor, "loading images")
-        limit = self.sbx.config.images.max_load_bytes
-        length = self.request.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > limit:
-            raise TooLarge(
-                f"the archive is {length} bytes, over images.max_load_bytes ({limit})",
-                reason="too-large",
-            )
-        images = self.images
-        images.check_capacity()  # before the upload, not after it
-        self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
-        self._limit = limit
-        self._work = images.store.new_tmp()
-        path = os.path.join(self._work, "upload")
-        loop = asyncio.get_running_loop()
-        self._fh = await loop.run_in_executor(images.io, open, path, "wb")
+    def max_body(self) -> int:
+        return self.sbx.config.images.max_load_bytes
 
-    async def data_received(self, chunk: bytes) -> None:
+    async def prepare(self) -> None:
+        # gigabytes may follow: who may load, and whether a slot is free, is settled before a
+        # byte of the body is read (the refusal closes the connection, the body stays unread)
+        try:
+            actor = self.current()
+            _require_admin(actor, "loading images")
+            self.images.check_capacity()
+        except SandboxdError:
+            self.set_header("Connection", "close")
+            raise
+        super().prepare()  # a Content-Length over the limit: 413; caps a chunked body too
+        self._work = self.images.store.new_tmp()
+        self._fh = await blocking.run(open, os.path.join(self._work, "upload"), "wb")
+
+    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
         if self._fh is None:
             return
         self._received += len(chunk)
-        if self._received > self._limit:
-            raise TooLarge(f"the archive is over images.max_load_bytes ({self._limit})")
-        await asyncio.get_running_loop().run_in_executor(self.images.io, self._fh.write, chunk)
+        if self._received > self.max_body():  # tornado stops at the limit; belt and braces
+            raise TooLarge(f"the archive is over images.max_load_bytes ({self.max_body()})")
+        await blocking.run(self._fh.write, chunk)
 
     async def post(self) -> None:
         assert self._fh is not None and self._work is not None
-        await asyncio.get_running_loop().run_in_executor(self.images.io, self._fh.close)
-        tag = self.get_query_argument("tag", None)
+        await blocking.run(self._fh.close)
         actor = self.current()
+        tag = self.get_query_argument("tag", None)
         models = await self.images.load(os.path.join(self._work, "upload"), tag=tag)
         self._cleanup()
         for model in models:
@@ -216,14 +215,15 @@ class LoadHandler(_ImageHandler):
         self._cleanup()
 
     def _cleanup(self) -> None:
-        if self._fh is not None:
+        fh, self._fh = self._fh, None
+        if fh is not None and not fh.closed:
             with contextlib.suppress(Exception):
-                self._fh.close()
+                fh.close()
         if self._work is not None:
-            images = self.images
-            images.store._to_trash(self._work)
+            store = self.images.store
+            store._to_trash(self._work)
             self._work = None
-            asyncio.get_running_loop().create_task(images.store.empty_trash())
+            asyncio.get_running_loop().create_task(store.empty_trash())
 
 
 REF = r"(.+)"

@@ -6,7 +6,7 @@ refused with 429, never queued without bound), how many layers download and unpa
 
 Concurrency: one pull per reference at a time (a second caller joins the first and gets its
 progress too); one download + unpack per layer at a time across all pulls (keyed by diff id).
-Downloads stream through a thread (``RegistryClient``); unpacking runs in a worker process per
+Downloads stream through the io lane (``RegistryClient``); unpacking runs in a worker process per
 layer (``worker.py``), at most ``unpack_workers`` at once. Nothing slow runs on the loop.
 
 Progress events are dicts, the same ones ``/api/images/pull`` streams as JSON lines:
@@ -25,13 +25,12 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from .. import metrics
+from .. import blocking, metrics
 from ..errors import Forbidden, HostError, InvalidImage, InvalidRequest, NotFound, QuotaExceeded
 from . import archive, oci, reference
 from .registry import RegistryClient, new_http_client
@@ -109,10 +108,7 @@ class ImageManager:
 
     def __init__(self, state_dir: str, settings: Callable[[], ImageSettings]) -> None:
         self.settings = settings
-        self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="images-io")
-        self.store = ImageStore(
-            os.path.join(state_dir, "images"), settings().max_store_bytes, self.io
-        )
+        self.store = ImageStore(os.path.join(state_dir, "images"), settings().max_store_bytes)
         self.store.recover()
         self._http: httpx.AsyncClient | None = None
         self._jobs: dict[str, _Job] = {}
@@ -217,7 +213,6 @@ class ImageManager:
             self._client(),
             settings.registry(parsed.registry),
             parsed.repository,
-            self.io,
             settings.timeout_seconds,
         )
         emit({"status": "resolving", "ref": str(parsed)})
@@ -440,15 +435,13 @@ class ImageManager:
         began = time.monotonic()
         work = self.store.new_tmp()
         emit = on_event or (lambda _: None)
-        loop = asyncio.get_running_loop()
         try:
             tar = os.path.join(work, "archive.tar")
-            unpacked = await loop.run_in_executor(
-                self.io, archive.decompress_to, upload, tar, settings.max_load_bytes
+            unpacked = await blocking.run(
+                archive.decompress_to, upload, tar, settings.max_load_bytes
             )
             path = tar if unpacked else upload
-            images = await loop.run_in_executor(
-                self.io,
+            images = await blocking.run(
                 archive.read_images,
                 path,
                 settings.max_manifest_bytes,
@@ -543,7 +536,6 @@ class ImageManager:
         with contextlib.suppress(Exception):
             await self.store.empty_trash()
         self.store.close()
-        self.io.shutdown(wait=False)
 
 
 @dataclass(frozen=True)

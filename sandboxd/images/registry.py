@@ -7,7 +7,7 @@ scope until it expires, and the request is retried once. A mirror, if configured
 first for the manifest; the endpoint that served it serves the blobs too.
 
 Nothing is trusted: manifests and configs are size-capped and read whole, then checked against
-their digest; layer blobs stream to a file through a thread (write + sha256 off the event
+their digest; layer blobs stream to a file through the io lane (write + sha256 off the event
 loop), are cut off past the descriptor's size, and are checked for size and digest at the end.
 Every failure maps to the error tree here: unreachable or 5xx → ``RegistryError`` (502), an
 unknown image → ``NotFound`` (``image-not-found``), content that does not match → ``InvalidImage``.
@@ -22,12 +22,12 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from .. import blocking
 from ..errors import InvalidImage, NotFound, RegistryError
 from . import oci
 from .settings import Registry
@@ -82,13 +82,11 @@ class RegistryClient:
         http: httpx.AsyncClient,
         registry: Registry,
         repository: str,
-        io: Executor,
         timeout: float,
     ) -> None:
         self.http = http
         self.registry = registry
         self.repository = repository
-        self.io = io
         self.timeout = timeout
         self.base = registry.endpoint
         self._auth: dict[str, str] = {}  # base URL -> Authorization header value
@@ -280,8 +278,7 @@ class RegistryClient:
         self, desc: oci.Descriptor, path: str, on_bytes: Callable[[int], None] | None = None
     ) -> None:
         """Stream a layer blob to ``path`` (write + hash in a thread); verify size and digest."""
-        loop = asyncio.get_running_loop()
-        sink = await loop.run_in_executor(self.io, _Sink, path)
+        sink = await blocking.run(_Sink, path)
         headers = {"User-Agent": USER_AGENT}
         try:
             async with asyncio.timeout(self.timeout):
@@ -299,7 +296,7 @@ class RegistryClient:
                 f"registry {self.registry.host}: timed out", reason="registry-timeout"
             ) from exc
         finally:
-            await loop.run_in_executor(self.io, sink.close)
+            await blocking.run(sink.close)
         if sink.size != desc.size:
             raise InvalidImage(
                 f"blob {desc.digest}: got {sink.size} bytes, the manifest says {desc.size}",
@@ -318,7 +315,6 @@ class RegistryClient:
         desc: oci.Descriptor,
         on_bytes: Callable[[int], None] | None,
     ) -> None:
-        loop = asyncio.get_running_loop()
         buf = bytearray()
         received = 0
         async for chunk in resp.aiter_bytes():
@@ -330,12 +326,12 @@ class RegistryClient:
                 )
             buf += chunk
             if len(buf) >= SINK_CHUNK:
-                await loop.run_in_executor(self.io, sink.write, bytes(buf))
+                await blocking.run(sink.write, bytes(buf))
                 buf.clear()
                 if on_bytes:
                     on_bytes(received)
         if buf:
-            await loop.run_in_executor(self.io, sink.write, bytes(buf))
+            await blocking.run(sink.write, bytes(buf))
         if on_bytes:
             on_bytes(received)
 

@@ -17,12 +17,11 @@ way round: forget the rows, rename the directory into ``tmp/``, then remove it o
 Reference counting: an image holds its layers (``image_layers``); a sandbox holds an image
 (``holds``, via ``acquire``/``release``). ``prune`` removes images with no name and no hold,
 then layers no image uses, then blobs nothing names. The index is touched from the daemon's
-event loop only (small local writes); slow file work goes through ``self.io`` (a thread pool).
+event loop only (small local writes); slow file work goes to the io lane (``blocking.run``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -33,10 +32,10 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from .. import blocking
 from ..errors import Conflict, HostError, InvalidRequest, NotFound, QuotaExceeded
 from . import oci
 from .reference import Reference
@@ -121,10 +120,9 @@ def new_link() -> str:
 class ImageStore:
     """One instance's image store; see the module docstring for the layout and the rules."""
 
-    def __init__(self, root: str, max_bytes: int, io: ThreadPoolExecutor | None = None) -> None:
+    def __init__(self, root: str, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
-        self.io = io or ThreadPoolExecutor(max_workers=2, thread_name_prefix="images-io")
         for sub in ("", "blobs/sha256", "layers", "l", "tmp"):
             os.makedirs(os.path.join(root, sub), mode=0o700, exist_ok=True)
         os.chmod(root, 0o700)
@@ -200,7 +198,7 @@ class ImageStore:
     async def empty_trash(self) -> None:
         trash, self._trash = self._trash, []
         if trash:
-            await asyncio.get_running_loop().run_in_executor(self.io, _remove_all, trash)
+            await blocking.run(_remove_all, trash)
 
     # -- blobs (manifests, configs) --------------------------------------------------------
 
@@ -209,9 +207,7 @@ class ImageStore:
 
     async def put_blob(self, digest: str, data: bytes) -> None:
         oci.verify(data, digest)
-        await asyncio.get_running_loop().run_in_executor(
-            self.io, _write_atomic, self.blob_path(digest), data, self.path("tmp")
-        )
+        await blocking.run(_write_atomic, self.blob_path(digest), data, self.path("tmp"))
         self.db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?)", (digest, len(data)))
 
     # -- layers -----------------------------------------------------------------------------
