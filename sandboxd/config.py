@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidRequest
+from .images.settings import ImageSettings, parse_images
 from .network.settings import Egress, NetworkConfig, parse_egress, parse_network
 from .units import parse_size
 
@@ -59,6 +60,7 @@ egress = "nat"            # nat | none | allow (only egress_allow)
 egress_allow = []         # "CIDR[:PORT[/tcp|/udp]]" reachable under egress = "allow"
 egress_allow_private = [] # CIDRs of 10/8, 172.16/12, 192.168/16, 100.64/10, 169.254/16 let through
 host_ports = []           # host ports this profile's sandboxes may reach besides [network] ones
+allow_pull = false        # users of this profile may pull images (admins always may)
 
 [network]
 pool = "10.213.0.0/16"    # user networks' subnets are cut from it; must not overlap host routes
@@ -70,6 +72,28 @@ macvlan_parent = ""       # a host link; "" = no macvlan mode
 macvlan_subnet = ""       # the LAN's subnet, e.g. "192.168.50.0/24"
 macvlan_range = ""        # addresses handed out, e.g. "192.168.50.128/25" ("" = the subnet)
 macvlan_gateway = ""
+
+[images]
+max_store_bytes = "50g"   # the whole image store (layers + manifests + configs)
+max_layer_bytes = "8g"    # unpacked bytes of one layer (decompression bombs stop here)
+max_layer_entries = 500000
+max_blob_bytes = "4g"     # one compressed layer as downloaded
+max_load_bytes = "8g"     # one uploaded archive (docker save, OCI layout)
+max_manifest_bytes = "4m"
+max_layers = 127
+max_concurrent_pulls = 4  # pulls + loads at once; more are refused with 429
+layer_downloads = 3       # layers of one pull downloaded at once
+unpack_workers = 2        # worker processes unpacking layers (off the event loop)
+timeout_seconds = 600     # one registry request
+unpack_timeout_seconds = 1800  # one layer's unpack; the worker is killed after
+platform = ""             # "linux/amd64"; "" = this host's
+default_registry = "docker.io"
+allowed_registries = ["docker.io", "ghcr.io", "quay.io"]  # "*" = any
+# [images.registries."registry.example:5000"]
+# insecure = false        # plain http
+# username = ""
+# password_file = ""      # or password = "..."
+# mirror = ""             # "https://mirror.example", tried before the registry
 
 [quotas.default]
 max_sandboxes = 20
@@ -101,6 +125,7 @@ _PROFILE_KEYS = {
     "egress_allow",
     "egress_allow_private",
     "host_ports",
+    "allow_pull",
 }
 _QUOTA_KEYS = {"max_sandboxes", "max_kernels", "memory", "cpus"}
 _TOP_KEYS = {
@@ -129,6 +154,7 @@ _TOP_KEYS = {
     "env_allow",
     "kernelspec_dirs",
     "network",
+    "images",
 }
 
 
@@ -156,6 +182,7 @@ class Profile:
     seccomp_profile: str | None
     description: str = ""
     egress: Egress = field(default_factory=Egress)
+    allow_pull: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,6 +225,7 @@ class Config:
     user_profiles: dict[str, tuple[str, ...]] = field(default_factory=dict)
     kernelspec_dirs: tuple[str, ...] = ()  # searched before the shipped kernelspec/ dir
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    images: ImageSettings = field(default_factory=ImageSettings)
     source: str = "<embedded>"
     log_rate_bytes: int = 8 << 20
     max_exited_per_user: int = 50
@@ -337,6 +365,7 @@ def _profile(name: str, raw: dict[str, Any], base: dict[str, Any]) -> Profile:
         seccomp_profile=seccomp or None,
         description=str(table.get("description", "")),
         egress=parse_egress(table, where),
+        allow_pull=_typed(table, "allow_pull", where, bool),
     )
 
 
@@ -456,6 +485,7 @@ def build(data: dict[str, Any], source: str = "<embedded>") -> Config:
         user_profiles=quotas[3],
         kernelspec_dirs=tuple(kernelspec_dirs),
         network=parse_network(data.get("network", {})),
+        images=parse_images(data.get("images", {})),
         source=source,
     )
 

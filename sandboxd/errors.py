@@ -11,6 +11,8 @@ API answers with and ``reason`` a short machine-readable slug (also a metrics la
     │   ├── NotFound                   (404) unknown, or not the caller's
     │   ├── Conflict                   (409) name or port taken, wrong state
     │   ├── PayloadTooLarge            (413) a request body over the configured limit
+    │   │   └── TooLarge               (413) an image archive over its configured limit
+    │   ├── InvalidImage               (422) an image's content is refused (digest, unsafe layer)
     │   └── QuotaExceeded              (429) over a user or profile quota, or a per-user bound
     └── HostError                      (5xx) the host failed; what was made has been released
         ├── ResourcesExhausted         (503) uids, subnets, memory or pids of the host ran out
@@ -18,7 +20,8 @@ API answers with and ``reason`` a short machine-readable slug (also a metrics la
         ├── MountError                 (500) a mount or unmount failed
         ├── NetworkError               (500) netlink or nft failed
         ├── SeccompError               (500) the seccomp profile could not be compiled
-        └── LaunchError                (500) bwrap or the launcher child failed
+        ├── LaunchError                (500) bwrap or the launcher child failed
+        └── RegistryError              (502) an image registry failed or could not be reached
 
 Foreign exceptions (OSError from cgroupfs, NetlinkError, a failing ``nft``) are mapped into
 this tree at the boundary of the runtime module that met them, with ``raise ... from exc``.
@@ -80,6 +83,17 @@ class PayloadTooLarge(Refused):
     reason = "body-too-large"
 
 
+class TooLarge(PayloadTooLarge):
+    reason = "too-large"
+
+
+class InvalidImage(Refused):
+    """Image content that is refused: a wrong digest or size, an unsafe or oversized layer."""
+
+    status = 422
+    reason = "invalid-image"
+
+
 class QuotaExceeded(Refused):
     status = 429
     reason = "quota"
@@ -115,3 +129,10 @@ class SeccompError(HostError):
 
 class LaunchError(HostError):
     reason = "launch"
+
+
+class RegistryError(HostError):
+    """The registry answered with an error, or could not be reached (upstream, so 502)."""
+
+    status = 502
+    reason = "registry"

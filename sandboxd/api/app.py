@@ -8,7 +8,7 @@ from tornado import web
 
 from .. import metrics
 from ..service import Sandboxd
-from . import kernels, networks, openapi, sandboxes, users, volumes
+from . import images, kernels, networks, openapi, sandboxes, users, volumes
 from .base import NotFoundHandler
 from .metrics import MetricsHandler, log_request
 
@@ -37,6 +37,7 @@ def routes() -> list[tuple[str, Any]]:
         *kernels.routes(),
         *networks.routes(),
         *volumes.routes(),
+        *images.routes(),
         (r"/metrics", MetricsHandler),
     ]
 

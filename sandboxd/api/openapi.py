@@ -454,6 +454,144 @@ PATHS.update(
 )
 
 
+# images (issue #13) ----------------------------------------------------------------------------
+IMAGE_REF_PARAM = [
+    {
+        "name": "ref",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "name[:tag], name@sha256:..., an image id or a 12+ hex prefix (URL-encoded)",
+    }
+]
+SCHEMAS.update(
+    {
+        "Image": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "description": "sha256 of the image config"},
+                "names": {"type": "array", "items": {"type": "string"}},
+                "digests": {"type": "array", "items": {"type": "string"}},
+                "manifest_digest": {"type": "string"},
+                "created": {"type": "string", "nullable": True},
+                "added": {"type": "number"},
+                "size": {"type": "integer", "description": "unpacked bytes of its layers"},
+                "os": {"type": "string"},
+                "architecture": {"type": "string"},
+                "layers": {"type": "array", "items": {"type": "string"}},
+                "config": {
+                    "type": "object",
+                    "properties": {
+                        "Env": {"type": "array", "items": {"type": "string"}},
+                        "Entrypoint": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "nullable": True,
+                        },
+                        "Cmd": {"type": "array", "items": {"type": "string"}, "nullable": True},
+                        "WorkingDir": {"type": "string"},
+                        "User": {"type": "string"},
+                        "ExposedPorts": {"type": "array", "items": {"type": "string"}},
+                        "Labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    },
+                },
+                "source": {"type": "string", "enum": ["pull", "load"]},
+                "sandboxes": {"type": "integer", "description": "sandboxes holding it"},
+            },
+        },
+        "ImagePull": {
+            "type": "object",
+            "required": ["ref"],
+            "properties": {
+                "ref": {"type": "string"},
+                "profile": {"type": "string", "description": "a profile with allow_pull"},
+                "stream": {
+                    "type": "boolean",
+                    "description": "answer with progress events, one JSON object per line",
+                },
+            },
+        },
+        "ImageRemoval": {
+            "type": "object",
+            "properties": {
+                "untagged": {"type": "array", "items": {"type": "string"}},
+                "deleted": {"type": "array", "items": {"type": "string"}},
+                "layers": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "ImagePrune": {
+            "type": "object",
+            "properties": {
+                "images": {"type": "array", "items": {"type": "string"}},
+                "layers": {"type": "array", "items": {"type": "string"}},
+                "blobs": {"type": "array", "items": {"type": "string"}},
+                "bytes_freed": {"type": "integer"},
+            },
+        },
+    }
+)
+PATHS.update(
+    {
+        "/api/images": {
+            "get": _op("Images in the store", schema=_array("Image"), errors=("401",)),
+        },
+        "/api/images/pull": {
+            "post": _op(
+                "Pull an image (admin, or a profile with allow_pull); with stream, 200 and "
+                "application/x-ndjson progress ending in a done or error event",
+                "201",
+                "ImagePull",
+                _ref("Image"),
+                ("400", "401", "403", "404", "422", "429", "502"),
+            ),
+        },
+        "/api/images/load": {
+            "post": {
+                **_op(
+                    "Load a docker save archive or an OCI layout tar (admin); the body is the "
+                    "archive, at most images.max_load_bytes",
+                    "201",
+                    errors=("400", "401", "403", "413", "422", "429"),
+                ),
+                "parameters": [
+                    {
+                        "name": "tag",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "a name for the one image of the archive",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-tar": {"schema": {"type": "string", "format": "binary"}}
+                    },
+                },
+            },
+        },
+        "/api/images/prune": {
+            "post": _op(
+                "Remove unnamed, unheld images and unused layers (admin)",
+                schema=_ref("ImagePrune"),
+                errors=("401", "403"),
+            ),
+        },
+        "/api/images/{ref}": {
+            "parameters": IMAGE_REF_PARAM,
+            "get": _op("Inspect an image", schema=_ref("Image")),
+            "delete": {
+                **_op(
+                    "Remove a name (or, by id, every name); force untags an image in use (admin)",
+                    schema=_ref("ImageRemoval"),
+                    errors=("401", "403", "404", "409"),
+                ),
+                "parameters": [{"name": "force", "in": "query", "schema": {"type": "string"}}],
+            },
+        },
+    }
+)
+
+
 def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "openapi": "3.0.3",

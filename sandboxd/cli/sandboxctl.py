@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxd.cli.client import ApiError, Client, Json
+from sandboxd.cli.image_cmds import add_image_commands
 from sandboxd.cli.kernel_cmds import add_kernel_commands
 from sandboxd.cli.network_cmds import add_network_commands
 from sandboxd.cli.volume_cmds import add_volume_commands
@@ -753,6 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_network_commands(sub, _command)
     add_volume_commands(sub, _command)
     add_kernel_commands(sub, _command)
+    add_image_commands(sub, _command)
     p = _command(sub, "status", cmd_status, "show the daemon's status")
     _json_flag(p)
     return parser
