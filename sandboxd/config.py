@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import PrivateAttr, ValidationError
 
 from .errors import InvalidRequest, NotFound, Reason
+from .images.settings import check_images
 from .models.config import ConfigFile, Profile, Quota, QuotaPatch
 from .models.types import first_error
 from .network.settings import NetworkConfig, check_network
@@ -125,6 +126,7 @@ def build(data: dict[str, Any], source: str = "<embedded>") -> Config:
     for name, profile in config.profiles.items():
         _check_profile(name, profile)
     check_network(config.network)
+    check_images(config.images)
     config._source = source
     return config
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from .images.settings import ImageSettings, RegistryTable
 from .models.config import ConfigFile, NetworkSettings, Profile, Quota, UserTable
 from .models.types import SIZE_PATTERN
 
@@ -108,7 +109,7 @@ def config_md() -> str:
     parts = [
         CONFIG_INTRO,
         "## Top-level keys\n",
-        _table(ConfigFile, skip=("profiles", "quotas", "groups", "users", "network")),
+        _table(ConfigFile, skip=("profiles", "quotas", "groups", "users", "network", "images")),
         "## `[profiles.NAME]`\n",
         _doc(Profile) + "\n",
         _table(Profile),
@@ -122,6 +123,12 @@ def config_md() -> str:
         "## `[network]`\n",
         _doc(NetworkSettings) + "\n",
         _table(NetworkSettings),
+        "## `[images]`\n",
+        _doc(ImageSettings) + "\n",
+        _table(ImageSettings, skip=("registries",)),
+        '## `[images.registries."HOST[:PORT]"]`\n',
+        _doc(RegistryTable) + "\n",
+        _table(RegistryTable),
     ]
     return "\n".join(parts)
 
@@ -132,7 +139,9 @@ def routes_md() -> str:
     rows = ["| method | path | who may call it | success | body |", "|---|---|---|---|---|"]
     for route in ROUTES:
         for method, op in route.ops.items():
-            body = f"`{op.body.__name__}`" if op.body else ""
+            body = (
+                op.body if isinstance(op.body, str) else f"`{op.body.__name__}`" if op.body else ""
+            )
             ok = op.ok
             answer = op.response
             if typing.get_origin(answer) is list:
@@ -156,15 +165,17 @@ def api_md(current: str) -> str:
 
 
 def main() -> int:
-    with open(CONFIG_MD, "w") as fh:
-        fh.write(config_md())
+    config_text = config_md()
     with open(API_MD) as fh:
         text = fh.read()
     if BEGIN not in text:
         sys.stderr.write(f"{API_MD}: no {BEGIN} marker\n")
         return 1
+    api_text = api_md(text)
+    with open(CONFIG_MD, "w") as fh:
+        fh.write(config_text)
     with open(API_MD, "w") as fh:
-        fh.write(api_md(text))
+        fh.write(api_text)
     return 0
 
 

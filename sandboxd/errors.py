@@ -11,6 +11,8 @@ API answers with and ``reason`` a short machine-readable slug (also a metrics la
     │   ├── NotFound                   (404) unknown, or not the caller's
     │   ├── Conflict                   (409) name or port taken, wrong state
     │   ├── PayloadTooLarge            (413) a request body over the configured limit
+    │   │   └── TooLarge               (413) an image archive over its configured limit
+    │   ├── InvalidImage               (422) an image's content is refused (digest, unsafe layer)
     │   └── QuotaExceeded              (429) over a user or profile quota, or a per-user bound
     └── HostError                      (5xx) the host failed; what was made has been released
         ├── ResourcesExhausted         (503) uids, subnets, memory or pids of the host ran out
@@ -18,7 +20,8 @@ API answers with and ``reason`` a short machine-readable slug (also a metrics la
         ├── MountError                 (500) a mount or unmount failed
         ├── NetworkError               (500) netlink or nft failed
         ├── SeccompError               (500) the seccomp profile could not be compiled
-        └── LaunchError                (500) bwrap or the launcher child failed
+        ├── LaunchError                (500) bwrap or the launcher child failed
+        └── RegistryError              (502) an image registry failed or could not be reached
 
 Foreign exceptions (OSError from cgroupfs, NetlinkError, a failing ``nft``) are mapped into
 this tree at the boundary of the runtime module that met them, with ``raise ... from exc``.
@@ -53,6 +56,9 @@ class Reason(StrEnum):
     NETWORK = "network"
     SECCOMP = "seccomp"
     LAUNCH = "launch"
+    TOO_LARGE = "too-large"
+    INVALID_IMAGE = "invalid-image"
+    REGISTRY = "registry"
     # the request itself (400)
     BAD_REQUEST = "bad-request"
     MALFORMED_JSON = "malformed-json"
@@ -122,6 +128,28 @@ class Reason(StrEnum):
     KERNEL_TIMEOUT = "kernel-timeout"
     KERNEL_DIED = "kernel-died"
     HTTP_ERROR = "http-error"
+    # images (issue 13): policy, content and registries
+    PULL_DENIED = "pull-denied"
+    REGISTRY_DENIED = "registry-denied"
+    BAD_REFERENCE = "bad-reference"
+    BAD_ARCHIVE = "bad-archive"
+    BAD_MANIFEST = "bad-manifest"
+    SIZE_MISMATCH = "size-mismatch"
+    DIGEST_MISMATCH = "digest-mismatch"
+    TOO_MANY_LAYERS = "too-many-layers"
+    TOO_MANY_PULLS = "too-many-pulls"
+    NO_MATCHING_PLATFORM = "no-matching-platform"
+    IMAGE_NOT_FOUND = "image-not-found"
+    IMAGE_IN_USE = "image-in-use"
+    IMAGE_STORE_FULL = "image-store-full"
+    IMAGE_STORE = "image-store"
+    IMAGE_BROKEN = "image-broken"
+    LAYER_TOO_SLOW = "layer-too-slow"
+    UNPACK = "unpack"
+    REGISTRY_AUTH = "registry-auth"
+    REGISTRY_RATE_LIMIT = "registry-rate-limit"
+    REGISTRY_UNREACHABLE = "registry-unreachable"
+    REGISTRY_TIMEOUT = "registry-timeout"
 
 
 #: Refusals counted per user by ``sandboxd_admission_refusals_total`` (pre-created series).
@@ -189,6 +217,17 @@ class PayloadTooLarge(Refused):
     reason = Reason.BODY_TOO_LARGE
 
 
+class TooLarge(PayloadTooLarge):
+    reason = Reason.TOO_LARGE
+
+
+class InvalidImage(Refused):
+    """Image content that is refused: a wrong digest or size, an unsafe or oversized layer."""
+
+    status = 422
+    reason = Reason.INVALID_IMAGE
+
+
 class QuotaExceeded(Refused):
     status = 429
     reason = Reason.QUOTA
@@ -224,3 +263,10 @@ class SeccompError(HostError):
 
 class LaunchError(HostError):
     reason = Reason.LAUNCH
+
+
+class RegistryError(HostError):
+    """The registry answered with an error, or could not be reached (upstream, so 502)."""
+
+    status = 502
+    reason = Reason.REGISTRY

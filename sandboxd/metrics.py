@@ -74,6 +74,10 @@ RESOURCE_REASONS = (
 REFUSAL_REASONS = ADMISSION_REFUSALS
 #: 10 ms .. 60 s: a cold bwrap start is ~20 ms, a kernel with imports a few seconds.
 START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
+#: 100 ms .. 30 min: a cached small image resolves in well under a second, a big one takes minutes.
+PULL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+IMAGE_SOURCES = ("pull", "load")
+PULL_OUTCOMES = ("success", "failure")
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -158,6 +162,29 @@ WEBSOCKETS = Gauge(
     registry=REGISTRY,
 )
 
+IMAGE_PULLS = Counter(
+    "sandboxd_image_pulls_total",
+    "Image pulls (source=pull) and archive loads (source=load) that ended, by outcome.",
+    ["source", "outcome"],
+    registry=REGISTRY,
+)
+IMAGE_PULL_DURATION = Histogram(
+    "sandboxd_image_pull_duration_seconds",
+    "Time to pull or load an image, download and unpack included, by source and outcome.",
+    ["source", "outcome"],
+    buckets=PULL_BUCKETS,
+    registry=REGISTRY,
+)
+IMAGE_STORE_BYTES = Gauge(
+    "sandboxd_image_store_bytes",
+    "Bytes in the image store: unpacked layer content plus manifests and configs.",
+    registry=REGISTRY,
+)
+IMAGE_STORE_LAYERS = Gauge(
+    "sandboxd_image_store_layers", "Unpacked layers in the image store.", registry=REGISTRY
+)
+IMAGE_STORE_IMAGES = Gauge("sandboxd_images", "Images in the image store.", registry=REGISTRY)
+
 for _reason in DROP_REASONS:
     KERNEL_DROPPED.labels(_reason)
 for _reason in RESOURCE_REASONS:
@@ -172,6 +199,10 @@ for _kind in KINDS:
         START_DURATION.labels(_kind, _outcome)
     for _outcome in EXIT_OUTCOMES:
         EXITS.labels(_kind, _outcome)
+for _source in IMAGE_SOURCES:
+    for _outcome in PULL_OUTCOMES:
+        IMAGE_PULLS.labels(_source, _outcome)
+        IMAGE_PULL_DURATION.labels(_source, _outcome)
 
 # per-user tallies, exported by the collector for users that still exist
 _refusals: dict[tuple[str, str], int] = defaultdict(int)
@@ -220,6 +251,19 @@ def observe_lanes(depths: dict[str, tuple[int, int]]) -> None:
 
 def observe_start(kind: str, outcome: str, seconds: float) -> None:
     START_DURATION.labels(kind, outcome).observe(seconds)
+
+
+def observe_image_pull(source: str, outcome: str, seconds: float) -> None:
+    """A pull (``source="pull"``) or an archive load (``"load"``) ended."""
+    IMAGE_PULLS.labels(source, outcome).inc()
+    IMAGE_PULL_DURATION.labels(source, outcome).observe(seconds)
+
+
+def image_store(size: int, layers: int, images: int) -> None:
+    """The image store changed: its bytes, layers and images now."""
+    IMAGE_STORE_BYTES.set(size)
+    IMAGE_STORE_LAYERS.set(layers)
+    IMAGE_STORE_IMAGES.set(images)
 
 
 def admission_refused(user: str, reason: str) -> None:

@@ -127,6 +127,7 @@ class Sandboxd:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self.runtime.launcher.close()  # it exits; the sandboxes it launched keep running
         self.store.close()
 
     async def _housekeeping(self) -> None:

@@ -7,6 +7,7 @@ ends with a leak check of everything named with the test instance prefix.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -331,6 +332,21 @@ def make_daemon(instance: str, config: str = CONFIG, state_dir: str | None = Non
         port=port,
         log_path=state_dir + ".log",
     )
+
+
+@contextlib.contextmanager
+def running_daemon(instance: str, config: str = CONFIG) -> Iterator[Daemon]:
+    """A started daemon of its own instance, stopped and cleaned up (state purged) after."""
+    d = make_daemon(instance, config)
+    d.start()
+    try:
+        yield d
+    finally:
+        stop_daemon(d)
+        subprocess.run(
+            [SANDBOXD, "cleanup", "--instance", d.instance, "--state-dir", d.state_dir, "--purge"],
+            capture_output=True,
+        )
 
 
 def stop_daemon(d: Daemon) -> None:

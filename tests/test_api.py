@@ -197,10 +197,13 @@ def test_stop_wait_logs_and_exit_code(alice: Client) -> None:
         [
             "/bin/sh",
             "-c",
-            "echo out; echo err >&2; trap 'exit 7' TERM; while true; do sleep 0.1; done",
+            "trap 'exit 7' TERM; echo out; echo err >&2; while true; do sleep 0.1; done",
         ]
     )
     try:
+        from helpers import wait_until
+
+        wait_until(lambda: alice.logs(sb["id"])["stderr"] == "err\n")  # the trap is set
         stopped = alice.call("POST", f"/api/sandboxes/{sb['id']}/stop", json={"timeout": 5})
         assert stopped["state"] == "exited" and stopped["exit_code"] == 7
         assert alice.call("POST", f"/api/sandboxes/{sb['id']}/wait")["exit_code"] == 7
@@ -211,7 +214,10 @@ def test_stop_wait_logs_and_exit_code(alice: Client) -> None:
 
 
 def test_stop_kills_a_process_ignoring_sigterm(alice: Client) -> None:
-    sb = alice.run(["/bin/sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"])
+    sb = alice.run(["/bin/sh", "-c", "trap '' TERM; echo set; while true; do sleep 0.1; done"])
+    from helpers import wait_until
+
+    wait_until(lambda: alice.logs(sb["id"])["stdout"] == "set\n")  # the trap is in place
     stopped = alice.call("POST", f"/api/sandboxes/{sb['id']}/stop", json={"timeout": 0.5})
     assert stopped["state"] == "exited" and stopped["exit_code"] == 137
     alice.call("DELETE", f"/api/sandboxes/{sb['id']}")

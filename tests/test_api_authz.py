@@ -11,14 +11,19 @@ get neither 401 nor 403 nor 404 (nor a 5xx): the probes are chosen so that it th
 
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
+import json
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -102,6 +107,12 @@ class World:
         self.clients["admin"].call("PUT", f"/api/users/{self.owner}/volumes/{name}")
         return name
 
+    def image(self) -> str:
+        """A one-layer image loaded by the admin (its name, percent-encoded for a path)."""
+        resp = self.clients["admin"].request("POST", "/api/images/load", data=tiny_image())
+        assert resp.status_code == 201, resp.text
+        return quote(IMAGE_NAME, safe="")
+
     def network(self) -> str:
         name = self.unique("net")
         body = {"name": name, "user": self.owner}
@@ -111,11 +122,47 @@ class World:
 
 @dataclass
 class Probe:
-    """One request: path parameters, query and body."""
+    """One request: path parameters, query and body (JSON, or raw bytes in ``data``)."""
 
     params: dict[str, str] = field(default_factory=dict)
     query: dict[str, str] = field(default_factory=dict)
     body: Any = None
+    data: bytes | None = None
+
+
+IMAGE_NAME = "example.org/mx/tiny:1"
+
+
+def tiny_image() -> bytes:
+    """A ``docker save`` archive of one image with one layer holding one file."""
+
+    def tar_of(files: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, content in files.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(content), 1700000000
+                tar.addfile(info, io.BytesIO(content))
+        return buf.getvalue()
+
+    layer = tar_of({"hello.txt": b"hello\n"})
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }
+    ).encode()
+    manifest = [{"Config": "config.json", "RepoTags": [IMAGE_NAME], "Layers": ["l/layer.tar"]}]
+    return tar_of(
+        {
+            "config.json": config,
+            "l/layer.tar": layer,
+            "manifest.json": json.dumps(manifest).encode(),
+        }
+    )
 
 
 Target = Callable[[World, str], Probe]
@@ -161,6 +208,13 @@ TARGETS: dict[str, Target] = {
     "/api/kernels/{kernel_id}/interrupt": lambda w, m: Probe({"kernel_id": w.kernel()}, body={}),
     "/api/kernels/{kernel_id}/restart": lambda w, m: Probe({"kernel_id": w.kernel()}, body={}),
     "/api/kernels/{kernel_id}/channels": lambda w, m: Probe({"kernel_id": w.kernel()}),
+    "/api/images": lambda w, m: Probe(),
+    # a reference that does not parse: refused (400) once the caller may pull, before any
+    # registry is asked
+    "/api/images/pull": lambda w, m: Probe(body={"ref": "Not/A/Reference"}),
+    "/api/images/load": lambda w, m: Probe(data=tiny_image()),
+    "/api/images/prune": lambda w, m: Probe(),
+    "/api/images/{ref}": lambda w, m: Probe({"ref": w.image()}),
     "/api/openapi.json": lambda w, m: Probe(),
     "/metrics": lambda w, m: Probe(),
 }
@@ -221,6 +275,8 @@ def _call(w: World, caller: str, method: str, template: str, probe: Probe) -> re
     kw: dict[str, Any] = {"params": probe.query}
     if probe.body is not None:
         kw["json"] = probe.body
+    if probe.data is not None:
+        kw["data"] = probe.data
     return client.request(method.upper(), path, **kw)
 
 

@@ -31,6 +31,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+# an image archive upload is raw bytes, as an octet stream is
+schemathesis.serializer.alias("application/x-tar", "application/octet-stream")
+
 EXAMPLES = int(os.environ.get("SANDBOXD_FUZZ_EXAMPLES", "20"))
 CHECKS = [
     not_a_server_error,
@@ -65,6 +68,12 @@ max_disk = "32m"
 [network]
 pool = "10.218.0.0/16"    # daemons sharing the test netns need pools of their own
 max_networks = 3
+
+[images]
+allowed_registries = []   # every pull is refused before a registry is asked: no traffic
+max_load_bytes = "1m"
+max_store_bytes = "64m"
+max_concurrent_pulls = 1
 
 [quotas.default]
 max_sandboxes = 3

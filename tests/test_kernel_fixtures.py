@@ -7,6 +7,7 @@ by the session's leak check.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,15 @@ from typing import Any
 
 import pytest
 import websocket
-from conftest import PREFIX, Client, Daemon, make_daemon, other_instance, stop_daemon
+from conftest import (
+    PREFIX,
+    Client,
+    Daemon,
+    make_daemon,
+    other_instance,
+    running_daemon,
+    stop_daemon,
+)
 from helpers import wait_until
 
 KERNELSPEC_ARGV = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -67,6 +76,20 @@ max_kernels = 6
 memory = "16g"
 cpus = 16.0
 """
+
+
+@contextlib.contextmanager
+def kernel_daemon_of(letter: str) -> Iterator[Daemon]:
+    """A started daemon with the kernel tests' config, its own kernelspec and volume dirs."""
+    ksdir = tempfile.mkdtemp(prefix=f"{PREFIX}-ks{letter}-")
+    vol = tempfile.mkdtemp(prefix=f"{PREFIX}-kvol{letter}-")
+    os.chmod(vol, 0o755)
+    try:
+        with running_daemon(other_instance(letter), config(ksdir, vol)) as d:
+            yield d
+    finally:
+        shutil.rmtree(ksdir, ignore_errors=True)
+        shutil.rmtree(vol, ignore_errors=True)
 
 
 def write_kernelspec(ksdir: str, name: str, profile: str, volumes: list[str] | None = None) -> None:

@@ -6,36 +6,29 @@ daemon restart, and by forging messages. Two real tenants; the victim's state is
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 import websocket
-from conftest import PREFIX, SANDBOXD, Daemon, make_daemon, other_instance, stop_daemon
+from conftest import Daemon
 from helpers import host_pids
-from test_kernel_fixtures import config, execute, recv, start_kernel, stdout_of, ws_connect
+from test_kernel_fixtures import (
+    execute,
+    kernel_daemon_of,
+    recv,
+    start_kernel,
+    stdout_of,
+    ws_connect,
+)
 
 
 @pytest.fixture
 def hd() -> Iterator[Daemon]:
-    ksdir = tempfile.mkdtemp(prefix=f"{PREFIX}-ksh-")
-    vol = tempfile.mkdtemp(prefix=f"{PREFIX}-kvolh-")
-    os.chmod(vol, 0o755)
-    d = make_daemon(other_instance("h"), config(ksdir, vol))
-    d.start()
-    yield d
-    stop_daemon(d)
-    subprocess.run(
-        [SANDBOXD, "cleanup", "--instance", d.instance, "--state-dir", d.state_dir, "--purge"],
-        capture_output=True,
-    )
-    shutil.rmtree(ksdir, ignore_errors=True)
-    shutil.rmtree(vol, ignore_errors=True)
+    with kernel_daemon_of("h") as d:
+        yield d
 
 
 def sandbox_of(d: Daemon, kernel_id: str) -> dict:

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
-import tempfile
 from collections.abc import Iterator
 
 import pytest
-from conftest import PREFIX, SANDBOXD, Daemon, make_daemon, other_instance, stop_daemon
-from test_kernel_fixtures import config, execute, start_kernel, stdout_of, ws_connect
+from conftest import Daemon
+from test_kernel_fixtures import execute, kernel_daemon_of, start_kernel, stdout_of, ws_connect
 
 
 @pytest.fixture
 def kernel_daemon() -> Iterator[Daemon]:
-    ksdir = tempfile.mkdtemp(prefix=f"{PREFIX}-ksr-")
-    vol = tempfile.mkdtemp(prefix=f"{PREFIX}-kvolr-")
-    d = make_daemon(other_instance("q"), config(ksdir, vol))
-    d.start()
-    yield d
-    stop_daemon(d)
-    subprocess.run(
-        [SANDBOXD, "cleanup", "--instance", d.instance, "--state-dir", d.state_dir, "--purge"],
-        capture_output=True,
-    )
-    shutil.rmtree(ksdir, ignore_errors=True)
-    shutil.rmtree(vol, ignore_errors=True)
+    with kernel_daemon_of("q") as d:
+        yield d
 
 
 def test_kernel_is_readopted_after_sigkill(kernel_daemon: Daemon) -> None:
@@ -55,3 +42,28 @@ def test_kernel_is_readopted_after_sigkill(kernel_daemon: Daemon) -> None:
         ws.close()
     alice.call("DELETE", f"/api/kernels/{kernel['id']}", expect=204)
     assert alice.request("GET", f"/api/sandboxes/{sandbox}").status_code == 404
+
+
+def test_readopted_kernel_keeps_its_creator_and_limits(kernel_daemon: Daemon) -> None:
+    """A Hub's service token that started alice's kernel still manages it after a restart,
+    and the kernel's limits (KERNEL_MEMORY) survive into a restart of the kernel."""
+    from conftest import Client
+
+    hub_body = kernel_daemon.admin.call("POST", "/api/users", json={"name": "hub", "service": True})
+    hub = Client(kernel_daemon.url, hub_body["token"])
+    alice = kernel_daemon.user("alice")
+    kernel = start_kernel(hub, KERNEL_USERNAME="alice", KERNEL_MEMORY="300m")
+    sandbox = hub.call("GET", f"/api/kernels/{kernel['id']}")["sandbox"]
+    assert alice.call("GET", f"/api/sandboxes/{sandbox}")["limits"]["memory"] == 300 << 20
+
+    kernel_daemon.kill(signal.SIGKILL)
+    kernel_daemon.start()
+
+    assert hub.call("GET", f"/api/kernels/{kernel['id']}")["user"] == "alice"
+    assert kernel["id"] in [k["id"] for k in hub.call("GET", "/api/kernels")]
+    restarted = hub.call("POST", f"/api/kernels/{kernel['id']}/restart")
+    assert restarted["sandbox"] != sandbox
+    assert alice.call("GET", f"/api/sandboxes/{restarted['sandbox']}")["limits"]["memory"] == (
+        300 << 20
+    )
+    hub.call("DELETE", f"/api/kernels/{kernel['id']}", expect=204)

@@ -70,17 +70,22 @@ def run(client: Client, command: list[str], **fields: object) -> tuple[int, dict
 # -- issue 10, attack 1: the daemon's own writes into a sandbox's root ------------------------
 
 
+def fake_etc(client: Client, user: str, name: str, decoy: str) -> None:
+    """A volume whose hostname, hosts and resolv.conf are links to the decoy file."""
+    fake = volume(client, user, name)
+    uid = client.call("GET", "/api/whoami")["uid"]
+    for entry in ("hostname", "hosts", "resolv.conf"):
+        link = os.path.join(fake, entry)
+        if not os.path.lexists(link):
+            os.symlink(os.path.join(decoy, "victim.txt"), link)
+            as_tenant(link, uid)
+
+
 @pytest.mark.parametrize("target", ["/etc", "/etc/hosts", "/etc/resolv.conf", "/run/kernel"])
 def test_volume_over_files_the_daemon_writes_is_refused(
     bob: Client, decoy: str, target: str
 ) -> None:
-    fake = volume(bob, "bob", "fakeetc")
-    uid = bob.call("GET", "/api/whoami")["uid"]
-    for name in ("hostname", "hosts", "resolv.conf"):
-        link = os.path.join(fake, name)
-        if not os.path.lexists(link):
-            os.symlink(os.path.join(decoy, "victim.txt"), link)
-            as_tenant(link, uid)
+    fake_etc(bob, "bob", "fakeetc", decoy)
     status, body, _ = run(bob, ["true"], volumes=[f"fakeetc:{target}"], network="none")
     assert status == 400 and body["reason"] == "bad-volume-target", body
     assert_decoy_intact(decoy)
@@ -88,13 +93,7 @@ def test_volume_over_files_the_daemon_writes_is_refused(
 
 def test_etc_files_are_written_inside_the_sandbox_only(bob: Client, decoy: str) -> None:
     """The same links, bound elsewhere: the daemon's /etc files land in the sandbox's own /etc."""
-    fake = volume(bob, "bob", "fakeetc2")
-    uid = bob.call("GET", "/api/whoami")["uid"]
-    for name in ("hostname", "hosts", "resolv.conf"):
-        link = os.path.join(fake, name)
-        if not os.path.lexists(link):
-            os.symlink(os.path.join(decoy, "victim.txt"), link)
-            as_tenant(link, uid)
+    fake_etc(bob, "bob", "fakeetc2", decoy)
     status, result, out = run(
         bob,
         ["sh", "-c", "cat /etc/hostname /etc/hosts"],

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
-from conftest import SANDBOXD, Daemon, make_daemon, other_instance, stop_daemon
+from conftest import Daemon, other_instance, running_daemon
 from helpers import wait_until
 
 
 @pytest.fixture
-def restartable() -> Daemon:
-    d = make_daemon(other_instance("r"))
-    d.start()
-    yield d
-    stop_daemon(d)
-    subprocess.run(
-        [SANDBOXD, "cleanup", "--instance", d.instance, "--state-dir", d.state_dir, "--purge"],
-        capture_output=True,
-    )
+def restartable() -> Iterator[Daemon]:
+    with running_daemon(other_instance("r")) as d:
+        yield d
 
 
 def test_sigkill_restart_readopts_and_records_exit(restartable: Daemon) -> None:

@@ -11,12 +11,14 @@ from ..models import requests as rq
 from ..models import responses as rs
 from ..models.config import QuotaPatch
 from ..models.types import NETWORK_PATTERN, REF_PATTERN, USER_PATTERN, VOLUME_PATTERN
-from . import kernels, metrics, networks, openapi, sandboxes, users, volumes
+from . import images, kernels, metrics, networks, openapi, sandboxes, users, volumes
 from .routing import Access, Op, Route
 
 KERNEL_ID = r"^\w+-\w+-\w+-\w+-\w+$"
 SPEC_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 RESOURCE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+#: name[:tag], name@sha256:..., an image id or a 12+ hex prefix (names hold slashes)
+IMAGE_REF = r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,511}$"
 
 REF = {"ref": REF_PATTERN}
 USER = {"name": USER_PATTERN}
@@ -194,7 +196,7 @@ USERS = [
                 Access.OWNER_NAMED,
                 response=rs.VolumeInfo,
                 query=rq.VolumeQuery,
-                errors=(201,),
+                also={201: rs.VolumeInfo},
             ),
             "delete": Op(
                 "Remove the volume with its contents",
@@ -359,6 +361,78 @@ KERNELS = [
     ),
 ]
 
+IMAGES = [
+    Route(
+        "/api/images",
+        images.ImagesHandler,
+        {
+            "get": Op(
+                "Images in the store (shared by all users)", Access.TOKEN, response=list[rs.Image]
+            )
+        },
+    ),
+    Route(
+        "/api/images/pull",
+        images.PullHandler,
+        {
+            "post": Op(
+                "Pull an image: an admin, or (not in the default config) a user of a profile "
+                "with allow_pull; 201 with the image at the end, or with stream 200 and "
+                "application/x-ndjson progress ending in a done or error event",
+                Access.ADMIN,
+                201,
+                rs.Image,
+                body=rq.ImagePull,
+                errors=(404, 422, 429, 502),
+                also={200: "application/x-ndjson"},
+            )
+        },
+    ),
+    Route(
+        "/api/images/load",
+        images.LoadHandler,
+        {
+            "post": Op(
+                "Load a docker save archive or an OCI layout tar (maybe gzip or zstd); the body "
+                "is the archive, at most images.max_load_bytes; the token is checked first",
+                Access.ADMIN,
+                201,
+                rs.ImagesLoaded,
+                body="application/x-tar",
+                query=rq.ImageLoadQuery,
+                errors=(422, 429),
+            )
+        },
+    ),
+    Route(
+        "/api/images/prune",
+        images.PruneHandler,
+        {
+            "post": Op(
+                "Remove unnamed, unheld images and the layers nothing uses",
+                Access.ADMIN,
+                response=rs.ImagePrune,
+            )
+        },
+    ),
+    Route(
+        "/api/images/{ref}",
+        images.ImageHandler,
+        {
+            "get": Op("Inspect an image", Access.TOKEN, response=rs.Image),
+            "delete": Op(
+                "Remove a name (by id: every name); force untags an image in use",
+                Access.ADMIN,
+                response=rs.ImageRemoval,
+                query=rq.ForceQuery,
+                errors=(409,),
+            ),
+        },
+        {"ref": IMAGE_REF},
+        {"ref": r"^[A-Za-z0-9_.:/@%-]{1,1536}$"},
+    ),
+]
+
 SERVICE = [
     Route(
         "/api/openapi.json",
@@ -379,4 +453,4 @@ SERVICE = [
     ),
 ]
 
-ROUTES: list[Route] = [*SANDBOXES, *USERS, *NETWORKS, *KERNELS, *SERVICE]
+ROUTES: list[Route] = [*SANDBOXES, *USERS, *NETWORKS, *KERNELS, *IMAGES, *SERVICE]

@@ -30,7 +30,9 @@ STATUS_TEXT = {
     403: "the token may not do this",
     404: "unknown, or not the caller's",
     409: "conflicts with the current state",
-    413: "the request body is over max_request_body",
+    413: "the request body is over max_request_body (an image archive: images.max_load_bytes)",
+    422: "the image's content is refused (a digest, a size, an unsafe layer, a bad archive)",
+    502: "the image registry failed or could not be reached",
     429: "over a quota, a profile maximum or a per-user bound",
     500: "the host failed; nothing was left half-made",
     503: "a host resource ran out (uids, subnets, addresses)",
@@ -42,10 +44,11 @@ def _models(routes: list[Route]) -> list[tuple[type[BaseModel], str]]:
     found: dict[tuple[type[BaseModel], str], None] = {(Error, "serialization"): None}
     for route in routes:
         for op in route.ops.values():
+            answers = [op.response, *op.also.values()]
             for model, mode in (
                 (op.body, "validation"),
                 (op.query, "validation"),
-                (_response_model(op.response), "serialization"),
+                *((_response_model(a), "serialization") for a in answers),
             ):
                 if isinstance(model, type) and issubclass(model, BaseModel):
                     found[(model, mode)] = None
@@ -90,7 +93,7 @@ def _content(response: Any, refs: dict[Any, Any]) -> dict[str, Any] | None:
     if response is None:
         return None
     if isinstance(response, str):
-        schema: dict[str, Any] = {"type": "string"} if response == "text/plain" else {}
+        schema: dict[str, Any] = {} if response == "*/*" else {"type": "string"}
         if response == "application/json":
             schema = {"type": "object"}
         return {response: {"schema": schema}}
@@ -130,12 +133,15 @@ def _operation(
             **({"content": ok_content} if ok_content else {}),
         }
     }
+    for code, answer in op.also.items():
+        content = _content(answer, refs)
+        responses[str(code)] = {
+            "description": STATUS_TEXT[code],
+            **({"content": content} if content else {}),
+        }
     error = {"application/json": {"schema": refs[(Error, "serialization")]}}
     for code in sorted(implied_errors(route, op)):
-        if code < 400:  # another success status, same body (a PUT that created)
-            responses[str(code)] = responses[str(op.ok)] | {"description": STATUS_TEXT[code]}
-        else:
-            responses[str(code)] = {"description": STATUS_TEXT[code], "content": error}
+        responses[str(code)] = {"description": STATUS_TEXT[code], "content": error}
     out: dict[str, Any] = {
         "operationId": f"{method}{route.template}".replace("/", "_")
         .replace("{", "")
@@ -151,7 +157,10 @@ def _operation(
     params = _parameters(route, op, defs)
     if params:
         out["parameters"] = params
-    if op.body is not None:
+    if isinstance(op.body, str):
+        raw = {"type": "string", "format": "binary"}
+        out["requestBody"] = {"required": True, "content": {op.body: {"schema": raw}}}
+    elif op.body is not None:
         out["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": refs[(op.body, "validation")]}},

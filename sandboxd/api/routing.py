@@ -64,17 +64,20 @@ class Op:
     """One method of a route.
 
     ``response``: a model, ``list[model]``, a media type string (``"text/plain"``), or None
-    (no body); ``errors``: statuses beyond those the access and the parameters imply.
+    (no body); ``also``: other success statuses and what they answer; ``body``: a model (JSON)
+    or a media type (the raw body); ``errors``: statuses beyond those the access and the
+    parameters imply.
     """
 
     summary: str
     access: Access
     ok: int = 200
     response: Any = None
-    body: type[BaseModel] | None = None
+    body: type[BaseModel] | str | None = None
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     websocket: bool = False
+    also: dict[int, Any] = field(default_factory=dict)
 
 
 _PARAM = re.compile(r"\{(\w+)(?:=(\w+))?\}")
@@ -84,12 +87,14 @@ _PARAM = re.compile(r"\{(\w+)(?:=(\w+))?\}")
 class Route:
     """``path`` is the OpenAPI template; ``{name}`` takes ``params[name]`` (a regex pattern
     anchored with ``^...$``), ``{name=literal}`` is a fixed segment passed to the handler as
-    ``name``."""
+    ``name``. Tornado matches the path still percent-encoded: ``encoded[name]`` is the pattern
+    there, where a value's encoding differs from the value (``%2F`` for ``/``)."""
 
     path: str
     handler: type
     ops: dict[str, Op]
     params: dict[str, str] = field(default_factory=dict)
+    encoded: dict[str, str] = field(default_factory=dict)
 
     @property
     def template(self) -> str:
@@ -99,7 +104,10 @@ class Route:
     def regex(self) -> str:
         def group(m: re.Match[str]) -> str:
             name, literal = m.group(1), m.group(2)
-            body = literal or self.params[name].removeprefix("^").removesuffix("$")
+            if literal:
+                return f"(?P<{name}>{literal})"
+            pattern = self.encoded.get(name) or self.params[name]
+            body = pattern.removeprefix("^").removesuffix("$")
             return f"(?P<{name}>{body})"
 
         out, i = "", 0

@@ -7,7 +7,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .client import ApiError, Client
+from .client import Client
+from .common import each
 
 HEADERS = ("NAME", "SUBNET", "GATEWAY", "BRIDGE", "SANDBOXES", "USER")
 
@@ -46,27 +47,23 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
-    out, code = [], 0
-    for name in args.names:
-        try:
-            out.append(client.request("GET", f"/api/networks/{name}", params=_params(args)))
-        except ApiError as exc:
-            print(f"sandboxctl: error: {exc}", flush=True)
-            code = 1
+    out: list[Any] = []
+    code = each(
+        args.names,
+        lambda name: out.append(
+            client.request("GET", f"/api/networks/{name}", params=_params(args))
+        ),
+    )
     print(json.dumps(out, indent=2))
     return code
 
 
 def cmd_rm(client: Client, args: argparse.Namespace) -> int:
-    code = 0
-    for name in args.names:
-        try:
-            client.request("DELETE", f"/api/networks/{name}", params=_params(args))
-            print(name)
-        except ApiError as exc:
-            print(f"sandboxctl: error: {exc}", flush=True)
-            code = 1
-    return code
+    def remove(name: str) -> None:
+        client.request("DELETE", f"/api/networks/{name}", params=_params(args))
+        print(name)
+
+    return each(args.names, remove)
 
 
 Command = Callable[

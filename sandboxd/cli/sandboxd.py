@@ -50,8 +50,15 @@ async def serve(config: Config, config_path: str | None, args: argparse.Namespac
 
     from .. import blocking
     from ..api.app import make_app
+    from ..errors import HostError
+    from ..runtime.syscalls import missing_features
     from ..service import Sandboxd
 
+    missing = missing_features()
+    if missing:
+        raise HostError(
+            f"this kernel lacks {', '.join(missing)}: sandboxd needs Linux 5.12 or newer"
+        )
     blocking.tune_gil()
     raise_fd_limit()
     sbx = Sandboxd(config)

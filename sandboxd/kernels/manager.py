@@ -49,6 +49,7 @@ class Kernel:
     clients: set[ClientConnection] = field(default_factory=set)
     busy_op: str = ""  # "restart" / "shutdown" while one is in progress
     key: str = field(default_factory=new_key)
+    dropped: bool = False  # shutting down or culled: going away
 
     @property
     def owner(self) -> User:
@@ -204,7 +205,7 @@ class KernelManager:
                 if exc.status >= 500:
                     metrics.kernel_event("failed")
                 raise
-            if kernel.id not in self.kernels:  # shut down while restarting
+            if kernel.dropped or kernel.id not in self.kernels:  # shut down while restarting
                 chans.close()
                 await self._remove_sandbox(kernel, proc)
                 raise NotFound(f"no such kernel: {kernel_id}", reason="unknown-kernel")
@@ -220,17 +221,22 @@ class KernelManager:
         metrics.kernel_event("stopped")
 
     async def _drop(self, kernel: Kernel, why: str) -> None:
-        """Forget the kernel (it answers 404 from now on), close its clients, remove its sandbox."""
-        if self.kernels.pop(kernel.id, None) is None:
+        """Close the kernel's clients, remove its sandbox, then forget it: once it answers 404,
+        its sandbox is gone too."""
+        if kernel.dropped or kernel.id not in self.kernels:
             return
+        kernel.dropped = True
         log.info("kernel %s of %s: %s", kernel.id, kernel.owner.name, why)
-        self.sbx.store.delete_kernel(kernel.id)
         proc = self._detach(kernel)
         for client in list(kernel.clients):
             with contextlib.suppress(Exception):
                 client.close(1000, f"kernel {why}")
         kernel.clients.clear()
-        await self._remove_sandbox(kernel, proc)
+        try:
+            await self._remove_sandbox(kernel, proc)
+        finally:
+            self.kernels.pop(kernel.id, None)
+            self.sbx.store.delete_kernel(kernel.id)
 
     async def cull(self, kernel: Kernel, why: str) -> None:
         await self._drop(kernel, f"culled: {why}")

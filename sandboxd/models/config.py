@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, PrivateAttr, StrictBool, StrictStr, model_validator
 
+from ..images.settings import ImageSettings
 from ..network.settings import AllowRule, Cidr, Egress, HostPort, NetworkSettings, egress_of
 from .requests import NetworkMode
 from .types import (
@@ -93,6 +94,9 @@ class Profile(Model):
     )
     host_ports: tuple[HostPort, ...] = Field(
         (), description="host ports this profile's sandboxes may reach besides [network] ones"
+    )
+    allow_pull: StrictBool = Field(
+        False, description="users of this profile may pull images (admins always may)"
     )
     _name: str = PrivateAttr("")
 
@@ -209,6 +213,7 @@ class ConfigFile(Model):
     groups: dict[str, QuotaPatch] = Field({}, description="[groups.NAME]: quota keys")
     users: dict[str, UserTable] = Field({}, description="[users.NAME] tables")
     network: NetworkSettings = Field(default_factory=NetworkSettings, description="[network]")
+    images: ImageSettings = Field(default_factory=ImageSettings, description="[images]")
 
     @model_validator(mode="before")
     @classmethod

@@ -277,6 +277,21 @@ class KernelAction(Model):
     model_config = ConfigDict(extra="ignore")
 
 
+class ImagePull(Model):
+    """``POST /api/images/pull``: an image from a registry (admins; others under a profile with
+    ``allow_pull``)."""
+
+    ref: Annotated[str, Field(min_length=1, max_length=512)] = Field(
+        description="name[:tag][@sha256:...]"
+    )
+    profile: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        None, description="a profile with allow_pull that the caller may use"
+    )
+    stream: Bool = Field(
+        False, description="answer 200 with progress events, one JSON object per line"
+    )
+
+
 # --- query strings --------------------------------------------------------------------------
 
 Flag = Annotated[str, Field(pattern=r"^(0|1|true|false|yes|no)$")]
@@ -318,6 +333,12 @@ class VolumeQuery(Query):
 
 class VolumeDeleteQuery(VolumeQuery):
     force: Flag | None = Field(None, description="1: remove even while a sandbox binds it")
+
+
+class ImageLoadQuery(Query):
+    tag: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
+        None, description="a name for the one image of the archive"
+    )
 
 
 class ChannelsQuery(Query):

@@ -193,6 +193,49 @@ class VolumeInfo(Model):
     modified: float
 
 
+class ImageConfig(Model):
+    Env: list[str]
+    Entrypoint: list[str] | None
+    Cmd: list[str] | None
+    WorkingDir: str
+    User: str
+    ExposedPorts: list[str]
+    Labels: dict[str, str]
+
+
+class Image(Model):
+    id: str = Field(description="sha256 of the image config")
+    names: list[str]
+    digests: list[str]
+    manifest_digest: str
+    created: str | None
+    added: float
+    size: int = Field(description="unpacked bytes of its layers")
+    os: str
+    architecture: str
+    layers: list[str]
+    config: ImageConfig
+    source: Literal["pull", "load"]
+    sandboxes: int = Field(description="sandboxes holding it")
+
+
+class ImagesLoaded(Model):
+    images: list[Image]
+
+
+class ImageRemoval(Model):
+    untagged: list[str]
+    deleted: list[str]
+    layers: list[str]
+
+
+class ImagePrune(Model):
+    images: list[str]
+    layers: list[str]
+    blobs: list[str]
+    bytes_freed: int
+
+
 class Kernel(Model):
     """Jupyter's kernel model, plus the owner and the sandbox."""
 

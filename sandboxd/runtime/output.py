@@ -206,22 +206,29 @@ class OutputPump:
             self.paused_until = time.monotonic() + seconds
             self.loop.call_later(seconds, self._resume)
 
-    def _readable(self, stream: int) -> None:
+    def _read_once(self, stream: int) -> int:
+        """Read one chunk of ``stream`` into the log; its size (0: nothing now, or EOF)."""
         fd = self.fds.get(stream)
         if fd is None:
-            return
+            return 0
         try:
             data = os.read(fd, CHUNK)
         except BlockingIOError:
-            return
+            return 0
         except OSError:
             data = b""
         if not data:
             self._close_stream(stream)
-            return
+            return 0
         self._take(stream, data)
+        return len(data)
+
+    def _readable(self, stream: int) -> None:
+        size = self._read_once(stream)
+        if not size:
+            return
         self._refill()
-        self.tokens -= len(data)
+        self.tokens -= size
         if self.tokens < 0:
             self._pause(-self.tokens / self.rate)
         elif self._pending_bytes() > PENDING_MAX:
@@ -257,19 +264,8 @@ class OutputPump:
         """Read what is in the pipes right now (bounded: at most the pipes' size)."""
         for stream in list(self.fds):
             for _ in range(PIPE_SIZE // CHUNK + 1):
-                fd = self.fds.get(stream)
-                if fd is None:
+                if not self._read_once(stream):
                     break
-                try:
-                    data = os.read(fd, CHUNK)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    data = b""
-                if not data:
-                    self._close_stream(stream)
-                    break
-                self._take(stream, data)
 
     # writing --------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 
 from . import syscalls
@@ -171,3 +172,77 @@ def kind_of(fd: int) -> str:
         if test(mode):
             return name
     return "special file"
+
+
+# -- building a tree below a directory fd (image layers) ------------------------------------
+#
+# A layer being unpacked is hostile: an entry may name a path through a symlink an earlier
+# entry made, or a hard link to anything. Every helper below resolves with BENEATH from the
+# layer's root fd, so a symlink on the way (or at the end) is ELOOP, never followed, and a
+# ``..`` is refused before any syscall.
+
+
+def make_dirs_beneath(rootfd: int, path: str, mode: int = 0o755) -> int:
+    """``mkdir -p`` below ``rootfd`` (no symlink anywhere); an O_PATH fd of the last directory.
+
+    Missing components are made root-owned with ``mode``; existing ones are used as they are.
+    The whole path is tried first in one ``openat2`` (the common case: it exists).
+    """
+    names = parts(path)
+    if not names:
+        return os.dup(rootfd)
+    try:
+        return syscalls.openat2(rootfd, "/".join(names), O_PATH_DIR | os.O_NOFOLLOW, 0, BENEATH)
+    except FileNotFoundError:
+        pass
+    current = os.dup(rootfd)
+    try:
+        for name in names:
+            try:
+                os.mkdir(name, mode, dir_fd=current)
+            except FileExistsError:
+                pass
+            nxt = syscalls.openat2(current, name, O_PATH_DIR | os.O_NOFOLLOW, 0, BENEATH)
+            os.close(current)
+            current = nxt
+        return current
+    except BaseException:
+        os.close(current)
+        raise
+
+
+def remove_entry(dirfd: int, name: str) -> bool:
+    """Remove ``name`` in ``dirfd`` whatever it is (a directory with its contents); never
+    follows a symlink (``shutil.rmtree`` with ``dir_fd`` works by fd). False if absent.
+    ``name`` is one component: ``.``, ``..`` or a ``/`` would reach beyond it, and are refused."""
+    if name in ("", ".", "..") or "/" in name:
+        raise OSError(errno.EINVAL, f"not a name in a directory: {name!r}", name)
+    try:
+        os.unlink(name, dir_fd=dirfd)
+    except FileNotFoundError:
+        return False
+    except IsADirectoryError:
+        shutil.rmtree(name, dir_fd=dirfd)
+    return True
+
+
+def link_beneath(rootfd: int, source: str, dirfd: int, name: str) -> None:
+    """Hard-link the entry at ``source`` (below ``rootfd``, no symlink on the way; a symlink at
+    the end is linked itself) as ``name`` in ``dirfd``; the source is pinned by an fd first, so
+    what gets linked is what was resolved beneath the root, never something outside it."""
+    fd = open_beneath(rootfd, source, os.O_PATH)
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EPERM, f"hard link to directory {source!r}", source)
+        syscalls.link_fd(fd, dirfd, name)
+    finally:
+        os.close(fd)
+
+
+def set_dir_xattr(rootfd: int, path: str, key: str, value: bytes) -> None:
+    """Set an xattr on the directory at ``path`` below ``rootfd`` (opened with no symlinks)."""
+    fd = open_beneath(rootfd, path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.setxattr(fd, key, value)
+    finally:
+        os.close(fd)

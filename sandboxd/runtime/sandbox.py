@@ -23,9 +23,9 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +41,7 @@ from .plan import MountFd, RunDir
 log = logging.getLogger("sandboxd.runtime")
 
 START_TIMEOUT = 20.0
+EXIT_CODE_WAIT = 2.0  # the launcher reports its child's exit right after the pidfd fires
 
 
 @dataclass
@@ -62,7 +63,7 @@ class LiveSandbox:
     directory: str
     exited: asyncio.Future[Exit]
     pump: output.OutputPump
-    proc: subprocess.Popen[bytes] | None = None
+    launched_here: bool = False  # a child of this daemon's launcher: it reports the exit code
     stdin_fd: int | None = None
     pidfd: int | None = None
     stopping: bool = False
@@ -150,6 +151,7 @@ class Runtime:
         )
         self.empty_file = rootfs.empty_file(run_dir)
         self.live: dict[str, LiveSandbox] = {}
+        self.launcher = launch.Launcher()
         self.steps: tuple[Step, ...] = (
             RunDirStep(self),
             VolumesStep(self),
@@ -213,11 +215,12 @@ class Runtime:
 
     def watch(self, live: LiveSandbox) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            live.pidfd = os.pidfd_open(live.pid)
-        except ProcessLookupError:
-            loop.call_soon(self._exited, live)
-            return
+        if live.pidfd is None:
+            try:
+                live.pidfd = os.pidfd_open(live.pid)
+            except ProcessLookupError:
+                loop.call_soon(self._exited, live)
+                return
         loop.add_reader(live.pidfd, self._exited, live)
 
     def _exited(self, live: LiveSandbox) -> None:
@@ -226,13 +229,13 @@ class Runtime:
             loop.remove_reader(live.pidfd)
             os.close(live.pidfd)
             live.pidfd = None
-        if live.proc is not None:
-            live.proc.poll()  # reap: the pidfd said it ended, so this does not wait
         loop.create_task(self._finish(live))
 
     async def _finish(self, live: LiveSandbox) -> None:
         """Drain the output, read the exit, kill what is left, then tell the listeners."""
-        status = live.proc.returncode if live.proc is not None else None
+        status = None
+        if live.launched_here:
+            status = await self.launcher.exit_code(live.pid, EXIT_CODE_WAIT)
         if live.stdin_fd is not None:
             _close_quietly(live.stdin_fd)
             live.stdin_fd = None
@@ -511,8 +514,8 @@ class LaunchStep(Step):
         await blocking.run(log_file.remove)  # a reused id never shows an old log
         pump = output.OutputPump(log_file, rt.log_rate)
         assert build.seccomp_fd is not None
-        launched = await blocking.run(
-            launch.start,
+        prepared = await blocking.run(
+            launch.prepare,
             launch.Request(
                 spec=spec,
                 directory=build.directory,
@@ -533,61 +536,68 @@ class LaunchStep(Step):
                 host_proc=rt.host_proc,
             ),
         )
-        proc, info_r, stdin_w = launched.proc, launched.info_r, launched.stdin_w
-        pump.start(launched.readers)
+        pidfd: int | None = None
         try:
-            await launch.wait_launched(launched)
-            init_pid = await _read_info(info_r, proc)
-            await _wait_exec(init_pid, proc, pump)
+            pid, pidfd = await rt.launcher.launch(prepared)
+            prepared.close_sent()
+            pump.start(prepared.readers)
+            prepared.readers = {}
+            await launch.wait_launched(prepared)
+            init_pid = await _read_info(prepared.info_r, pidfd)
+            await _wait_exec(init_pid, pidfd, pump)
         except BaseException:
-            _close_quietly(info_r)
-            if stdin_w is not None:
-                _close_quietly(stdin_w)
-            await _kill(proc)
+            prepared.close_all()
+            if pidfd is not None:
+                await _kill(pidfd)
+                os.close(pidfd)
             pump.close()
             raise
-        _close_quietly(info_r)
+        _close_quietly(prepared.info_r)
         live = LiveSandbox(
             spec=spec,
-            pid=proc.pid,
+            pid=pid,
             init_pid=init_pid,
             directory=build.directory,
             exited=asyncio.get_running_loop().create_future(),
             pump=pump,
-            proc=proc,
-            stdin_fd=stdin_w,
+            launched_here=True,
+            stdin_fd=prepared.stdin_w,
+            pidfd=pidfd,
         )
         rt.watch(live)
         build.live = live
 
     async def release(self, spec: SandboxSpec) -> None:
         live = self.rt.live.get(spec.id)
-        if live is not None and live.proc is not None and live.proc.poll() is None:
-            await _kill(live.proc)
+        if live is not None and live.pidfd is not None and not _ended(live.pidfd):
+            await _kill(live.pidfd)
 
 
-async def _kill(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
+def _ended(pidfd: int) -> bool:
+    """True once the process behind ``pidfd`` has exited (its pidfd polls readable)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+async def _kill(pidfd: int, timeout: float = 10.0) -> None:
+    """SIGKILL the process behind ``pidfd`` and wait (on the loop, polling) until it ended."""
+    if not _ended(pidfd):
         with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    await _wait_reaped(proc)
-
-
-async def _wait_reaped(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     delay = 0.001
-    while proc.poll() is None and time.monotonic() < deadline:
+    while not _ended(pidfd) and time.monotonic() < deadline:
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
 
 
-async def _read_info(info_r: int, proc: subprocess.Popen[bytes]) -> int:
+async def _read_info(info_r: int, pidfd: int) -> int:
     """bwrap's --info-fd JSON; EOF without it means bwrap failed to set up."""
     raw = await read_to_eof(info_r, START_TIMEOUT, "bwrap did not start in time")
     try:
         return int(json.loads(raw)["child-pid"])
     except (ValueError, KeyError):
-        await _wait_reaped(proc)
         raise LaunchError("bwrap failed before starting the sandbox") from None
 
 
@@ -620,7 +630,7 @@ async def read_to_eof(fd: int, timeout: float, what: str, limit: int = 65536) ->
             loop.remove_reader(fd)
 
 
-async def _wait_exec(init_pid: int, proc: subprocess.Popen[bytes], pump: output.OutputPump) -> None:
+async def _wait_exec(init_pid: int, pidfd: int, pump: output.OutputPump) -> None:
     """Wait until bwrap has exec'd the command; a bwrap that exits first failed its set-up.
 
     The command is the child of the sandbox's init; it has been exec'd once its executable is
@@ -632,7 +642,7 @@ async def _wait_exec(init_pid: int, proc: subprocess.Popen[bytes], pump: output.
         child = _first_child(init_pid)
         if child is not None and _has_execd(child):
             return
-        if proc.poll() is not None:
+        if _ended(pidfd):
             pump.drain_now()
             message = _bwrap_error(pump)
             if message.startswith("bwrap:"):

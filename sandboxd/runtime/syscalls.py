@@ -128,6 +128,15 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) 
     raise OSError(errno.EAGAIN, f"openat2 {path}: kept racing with renames", path)
 
 
+def link_fd(fd: int, dirfd: int, name: str) -> None:
+    """``linkat(fd, "", dirfd, name, AT_EMPTY_PATH)``: a new name for exactly the inode ``fd``
+    holds, with no path lookup of the source at all (needs CAP_DAC_READ_SEARCH; root has it)."""
+    _check(
+        _libc.linkat(fd, b"", dirfd, os.fsencode(name), AT_EMPTY_PATH),
+        f"linkat {name}",
+    )
+
+
 def open_tree(dirfd: int, path: str, flags: int) -> int:
     return _check(
         _libc.syscall(SYS_OPEN_TREE, dirfd, path.encode(), ctypes.c_uint(flags)), "open_tree"
@@ -182,3 +191,19 @@ def fsmount_new(fstype: str, options: dict[str, str], attrs: int) -> int:
         )
     finally:
         os.close(fs)
+
+
+def missing_features() -> list[str]:
+    """System calls sandboxd needs that this kernel lacks (Linux 5.12 has them all)."""
+    missing = []
+    for name, number in (
+        ("openat2", SYS_OPENAT2),
+        ("open_tree", SYS_OPEN_TREE),
+        ("move_mount", SYS_MOVE_MOUNT),
+        ("fsopen", SYS_FSOPEN),
+        ("mount_setattr", SYS_MOUNT_SETATTR),
+    ):
+        # invalid arguments: a kernel that has the call answers EBADF/EINVAL/EFAULT, not ENOSYS
+        if _libc.syscall(number, -1, None, 0, None, 0) < 0 and ctypes.get_errno() == errno.ENOSYS:
+            missing.append(name)
+    return missing
