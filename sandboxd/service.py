@@ -27,7 +27,7 @@ from .runtime import output
 from .runtime.plan import RunDir
 from .runtime.sandbox import Exit, LiveSandbox, Runtime
 from .spec import Limits, SandboxSpec
-from .state import SandboxRecord, Store, User
+from .state import SandboxRecord, Store, User, acts_for
 
 log = logging.getLogger("sandboxd")
 
@@ -592,12 +592,6 @@ class Sandboxd:
             "users": self.store.count("users"),
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
-
-
-def acts_for(actor: User, target: User) -> bool:
-    """May ``actor`` manage ``target``'s users, tokens, volumes and sandboxes? Admins manage
-    everyone; a service token (a JupyterHub) manages plain users, never admins or services."""
-    return actor.admin or (actor.service and not target.admin and not target.service)
 
 
 def _require_admin(actor: User) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from tornado import web
 
@@ -34,10 +35,18 @@ def token_from(request: Any) -> str | None:
     return token[0].decode() if token else None
 
 
+def redacted_uri(uri: str) -> str:
+    """The request URI with every ``token`` query value replaced: tokens never reach a log."""
+    path, sep, query = uri.partition("?")
+    if not sep:
+        return uri
+    pairs = parse_qsl(query, keep_blank_values=True)
+    clean = [(k, "REDACTED" if k.lower() == "token" else v) for k, v in pairs]
+    return path + "?" + urlencode(clean)
+
+
 def summary(request: Any) -> str:
     """Tornado's request summary, with tokens redacted (it goes into warnings and errors)."""
-    from .metrics import redacted_uri
-
     return f"{request.method} {redacted_uri(request.uri or '')} ({request.remote_ip})"
 
 

@@ -15,8 +15,7 @@ from ..errors import Forbidden, InvalidRequest
 from ..models.requests import NetworkCreate, UserQuery
 from ..models.types import validate
 from ..network.settings import DEFAULT_NAME
-from ..service import acts_for
-from ..state import User
+from ..state import User, acts_for
 from .base import BaseHandler
 
 
