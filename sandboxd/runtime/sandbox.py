@@ -194,6 +194,8 @@ class Runtime:
             for step in reversed(done):
                 with contextlib.suppress(Exception):
                     await step.release(spec)
+            with contextlib.suppress(Exception):  # no record will keep it (bwrap's error in it)
+                await blocking.run(self.log_file(spec.id).remove)
             raise
         build.close_transient()
         assert build.live is not None
@@ -545,6 +547,8 @@ class LaunchStep(Step):
                 _close_quietly(stdin_w)
             await _kill(proc)
             pump.close()
+            with contextlib.suppress(Exception):
+                await pump.flushed()  # nothing may write the log after the start's release
             raise
         _close_quietly(info_r)
         live = LiveSandbox(
