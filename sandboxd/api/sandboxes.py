@@ -225,6 +225,8 @@ class AttachHandler(websocket.WebSocketHandler):
     def on_message(self, message: str | bytes) -> None:
         if not isinstance(message, bytes) or not message or message[0] != 0:
             return
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return  # frames that arrived after we closed: already refused once
         live = self.sbx.runtime.live.get(self.rec.id)
         if live is None or live.stdin_fd is None or self.stdin_eof:
             return
