@@ -177,7 +177,11 @@ class AttachHandler(websocket.WebSocketHandler):
             return
         self.user = user.name
         self.kernels.websocket_opened(self.user)
-        await super().get(*args, **kwargs)
+        try:
+            await super().get(*args, **kwargs)
+        finally:
+            if self.get_status() != 101:  # no upgrade (a plain GET, a bad handshake): no slot
+                self._release_slot()
 
     def check_origin(self, origin: str) -> bool:
         return True
@@ -281,6 +285,9 @@ class AttachHandler(websocket.WebSocketHandler):
             if getattr(self, "writing", False) and live.stdin_fd is not None:
                 with contextlib.suppress(ValueError, OSError):
                     asyncio.get_running_loop().remove_writer(live.stdin_fd)
+        self._release_slot()
+
+    def _release_slot(self) -> None:
         if self.user:
             self.kernels.websocket_closed(self.user)
             self.user = ""
