@@ -13,13 +13,21 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from conftest import Daemon
+
+class Daemon(Protocol):
+    """What the view needs of a daemon (conftest's Daemon, or a benchmark's)."""
+
+    instance: str
+    run_dir: str
+    state_dir: str
+
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -65,7 +73,7 @@ class HostView:
         view = cls(d.instance)
         inst = d.instance
         if os.path.isdir("/run/netns"):
-            view.netns = {n for n in os.listdir("/run/netns") if n.startswith(inst + "-")}
+            view.netns = {n for n in os.listdir("/run/netns") if _sandbox_netns(inst, n)}
         out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
         for line in out.splitlines():
             name = line.split(":", 2)[1].strip().split("@")[0]
@@ -90,8 +98,9 @@ class HostView:
         with open("/proc/self/mountinfo") as fh:
             for line in fh:
                 target = line.split()[4]
-                if target.startswith("/run/netns/" + inst + "-"):
-                    view.netns.add(os.path.basename(target))
+                if target.startswith("/run/netns/"):
+                    if _sandbox_netns(inst, os.path.basename(target)):
+                        view.netns.add(os.path.basename(target))
                 elif (
                     target.startswith(d.run_dir)
                     or target.startswith(d.state_dir)
@@ -260,6 +269,11 @@ def fds_of(pid: int) -> list[str]:
 
 
 # -- internals ---------------------------------------------------------------------------------
+
+
+def _sandbox_netns(instance: str, name: str) -> bool:
+    """``<instance>-<sandbox id>`` (not a test's or a benchmark's own ``<instance>-ns``)."""
+    return re.fullmatch(rf"{re.escape(instance)}-[0-9a-f]{{16}}", name) is not None
 
 
 def _subdirs(path: str) -> list[str]:
