@@ -43,6 +43,7 @@ max_exited_per_user = {KEEP_EXITED}
 max_websockets_per_user = {PER_USER}
 max_websockets_per_kernel = {PER_KERNEL}
 attach_stdin_buffer = {STDIN_BUFFER}
+kernel_run_size = "4m"
 kernelspec_dirs = ["{ksdir}"]
 
 [profiles.default]
@@ -254,6 +255,47 @@ def test_plain_requests_to_websocket_routes_take_no_slot(td: Daemon) -> None:
         assert reply["content"]["status"] == "ok"
         ws.close()
     finally:
+        remove_all(mallory)
+
+
+# -- /run/kernel ---------------------------------------------------------------------------
+
+FILL_RUN_KERNEL = """
+import os
+written = 0
+try:
+    with open("/run/kernel/fill", "wb") as fh:
+        for _ in range(64):
+            fh.write(b"x" * (1 << 20))
+            fh.flush()
+            written += 1
+except OSError as exc:
+    print("stopped", exc.errno, written)
+else:
+    print("wrote", written)
+os.remove("/run/kernel/fill")
+st = os.statvfs("/run/kernel")
+print("size", st.f_blocks * st.f_frsize)
+"""
+
+
+def test_run_kernel_is_a_small_capped_tmpfs(td: Daemon) -> None:
+    """A kernel filling /run/kernel (its connection file and sockets live there) hits the
+    tmpfs's cap (kernel_run_size = 4m here), not the host's /run; the kernel keeps working."""
+    mallory = td.user("mallory")
+    kernel = start_kernel(mallory)
+    ws = ws_connect(td, mallory, kernel["id"])
+    try:
+        reply, iopub = execute(ws, FILL_RUN_KERNEL)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        lines = stdout_of(iopub).splitlines()
+        assert lines[0].startswith("stopped 28 "), lines  # ENOSPC
+        assert int(lines[0].split()[2]) <= 4, lines
+        assert int(lines[1].split()[1]) <= 4 << 20, lines
+        reply, iopub = execute(ws, "print('still here')")
+        assert stdout_of(iopub) == "still here\n"
+    finally:
+        ws.close()
         remove_all(mallory)
 
 
