@@ -59,10 +59,14 @@ cpus = 64.0
 """
 
 
+NETWORK = "bridge"
+
+
 def churn(api: Api, stop: threading.Event, counts: list[int], errors: list[str]) -> None:
     while not stop.is_set():
         try:
-            sb = api.call("POST", "/api/sandboxes", json={"command": ["sleep", "60"]})
+            body = {"command": ["sleep", "60"], "network": NETWORK}
+            sb = api.call("POST", "/api/sandboxes", json=body)
             api.call("DELETE", f"/api/sandboxes/{sb['id']}?force=1")
             counts.append(1)
         except ApiError as exc:
@@ -262,9 +266,14 @@ def main() -> None:
     parser.add_argument("--quiet", type=float, default=15)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
+        "--network", default="bridge", help='"none" for comparison: no netlink or nft work'
+    )
+    parser.add_argument(
         "--gil", action="store_true", help="with --profile: sample only the GIL's holder"
     )
     args = parser.parse_args()
+    global NETWORK
+    NETWORK = args.network
     with daemon(CONFIG) as d:
         other = user(d, "other")
         load = [user(d, f"load{n}") for n in range(CLIENTS)]
@@ -279,7 +288,7 @@ def main() -> None:
         loaded = phase(d, args.seconds, load, other, control)
         control.close()
         show(
-            f"load ({CLIENTS} clients creating and removing bridged sandboxes)",
+            f"load ({CLIENTS} clients creating and removing sandboxes, network {NETWORK})",
             loaded,
             percentile(quiet["status"], 50),
         )
