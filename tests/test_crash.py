@@ -139,6 +139,17 @@ def remove_all(client: Client) -> None:
         client.call("DELETE", f"/api/sandboxes/{sb['id']}?force=1", expect=204)
 
 
+#: what of the interrupted operation a restart keeps (nothing, for every other point): a
+#: sandbox recorded as running is re-adopted; an interrupted remove leaves the exited record
+#: (removing it again works); a kernel whose row was written is adopted
+AFTER = {
+    "create:running": ["running"],
+    "remove:stopped": ["exited"],
+    "remove:released": ["exited"],
+    "kernel:recorded": ["running"],
+}
+
+
 def trigger(d: Daemon, client: Client, point: str) -> None:
     """Run the operation that passes ``point`` (the daemon dies on the way)."""
     op = point.split(":")[0]
@@ -165,6 +176,15 @@ def test_crash_at_fault_point(crashd: Daemon, survivors: Survivors, point: str) 
     crashd.start()
     assert_consistent(crashd, POOL)
     check_survivors(crashd, survivors)
+    states = sorted(s["state"] for s in bob.call("GET", "/api/sandboxes?all=1"))
+    assert states == AFTER.get(point, []), (point, states)
+    if point == "kernel:recorded":  # recorded before the crash: adopted, and it runs code
+        (kernel,) = bob.call("GET", "/api/kernels")
+        ws = ws_connect(crashd, bob, kernel["id"])
+        try:
+            assert execute(ws, "1 + 1")[0]["content"]["status"] == "ok"
+        finally:
+            ws.close()
     remove_all(bob)
     view = assert_consistent(crashd, POOL)
     kernel = crashd.user("alice").call("GET", f"/api/kernels/{survivors.kernel['id']}")
