@@ -87,11 +87,11 @@ class Sandboxd:
 
     async def recover(self) -> None:
         """Re-adopt sandboxes still running; finish those that ended; remove half-made ones."""
-        known: set[str] = set()
+        known: set[str] = set()  # active records: their host objects stay
         for rec in self.store.list_sandboxes():
-            known.add(rec.id)
             if rec.state not in ACTIVE:
-                continue
+                continue  # an exit the daemon died releasing: its leftovers are orphans below
+            known.add(rec.id)
             spec = SandboxSpec.from_json(rec.spec)
             if rec.state == "created":
                 log.warning("removing %s: half-made when the daemon stopped", rec.id)

@@ -158,7 +158,11 @@ class KernelChannelsHandler(websocket.WebSocketHandler):
             return
         self.user = user.name
         self.kernels.websocket_opened(self.user)
-        await super().get(*args, **kwargs)
+        try:
+            await super().get(*args, **kwargs)
+        finally:
+            if self.get_status() != 101:  # no upgrade (a plain GET, a bad handshake): no slot
+                self._release_slot()
 
     def check_origin(self, origin: str) -> bool:
         return True  # token-authenticated, no cookies
@@ -198,6 +202,9 @@ class KernelChannelsHandler(websocket.WebSocketHandler):
         if self.client is not None:
             self.kernels.disconnect(self.kernel, self.client)
             self.client = None
+        self._release_slot()
+
+    def _release_slot(self) -> None:
         if self.user:
             self.kernels.websocket_closed(self.user)
             self.user = ""

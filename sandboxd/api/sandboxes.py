@@ -173,7 +173,11 @@ class AttachHandler(websocket.WebSocketHandler):
             return
         self.user = user.name
         self.kernels.websocket_opened(self.user)
-        await super().get(*args, **kwargs)
+        try:
+            await super().get(*args, **kwargs)
+        finally:
+            if self.get_status() != 101:  # no upgrade (a plain GET, a bad handshake): no slot
+                self._release_slot()
 
     def check_origin(self, origin: str) -> bool:
         return True
@@ -221,6 +225,8 @@ class AttachHandler(websocket.WebSocketHandler):
     def on_message(self, message: str | bytes) -> None:
         if not isinstance(message, bytes) or not message or message[0] != 0:
             return
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return  # frames that arrived after we closed: already refused once
         live = self.sbx.runtime.live.get(self.rec.id)
         if live is None or live.stdin_fd is None or self.stdin_eof:
             return
@@ -275,6 +281,9 @@ class AttachHandler(websocket.WebSocketHandler):
             if getattr(self, "writing", False) and live.stdin_fd is not None:
                 with contextlib.suppress(ValueError, OSError):
                     asyncio.get_running_loop().remove_writer(live.stdin_fd)
+        self._release_slot()
+
+    def _release_slot(self) -> None:
         if self.user:
             self.kernels.websocket_closed(self.user)
             self.user = ""

@@ -196,6 +196,8 @@ class Runtime:
             for step in reversed(done):
                 with contextlib.suppress(Exception):
                     await step.release(spec)
+            with contextlib.suppress(Exception):  # no record will keep it (bwrap's error in it)
+                await blocking.run(self.log_file(spec.id).remove)
             raise
         build.close_transient()
         assert build.live is not None
@@ -551,6 +553,8 @@ class LaunchStep(Step):
                 await _kill(pidfd)
                 os.close(pidfd)
             pump.close()
+            with contextlib.suppress(Exception):
+                await pump.flushed()  # nothing may write the log after the start's release
             raise
         _close_quietly(prepared.info_r)
         live = LiveSandbox(
