@@ -192,6 +192,8 @@ def limits_for(body: dict[str, Any], profile: Profile) -> Limits:
         io_write_bps=device_rates(body.get("device_write_bps"), "device_write_bps", True),
         io_read_iops=device_rates(body.get("device_read_iops"), "device_read_iops", False),
         io_write_iops=device_rates(body.get("device_write_iops"), "device_write_iops", False),
+        memory_high=profile.memory_high or None,
+        cpu_weight=None if profile.cpu_weight == 100 else profile.cpu_weight,
     )
 
 

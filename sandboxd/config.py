@@ -34,6 +34,8 @@ metrics_public = true     # /metrics without a token (false: admin token, unless
 cpus = 1.0
 memory = "1g"
 swap = 0
+memory_high = 0           # cgroup v2 memory.high: throttle (never kill) above this; 0 = off
+cpu_weight = 100          # cgroup v2 cpu.weight (1..10000): share of CPU under contention
 pids = 512
 disk = "1g"
 image = "host"
@@ -75,6 +77,8 @@ _PROFILE_KEYS = {
     "cpus",
     "memory",
     "swap",
+    "memory_high",
+    "cpu_weight",
     "pids",
     "disk",
     "image",
@@ -142,6 +146,8 @@ class Profile:
     seccomp_profile: str | None
     description: str = ""
     egress: Egress = field(default_factory=Egress)
+    memory_high: int = 0  # 0 = not set
+    cpu_weight: int = 100
 
 
 @dataclass(frozen=True)
@@ -275,6 +281,12 @@ def _profile(name: str, raw: dict[str, Any], base: dict[str, Any]) -> Profile:
             raise _bad(f"{where}.{key}", f"default {value} is above max_{key} {most}")
     if pids < 8:
         raise _bad(f"{where}.pids", "must be at least 8")
+    memory_high = _size(table, "memory_high", where)
+    if memory_high and not 4 * 1024 * 1024 <= memory_high <= max_memory:
+        raise _bad(f"{where}.memory_high", "must be 0 (off) or between 4m and max_memory")
+    cpu_weight = _typed(table, "cpu_weight", where, int)
+    if not 1 <= cpu_weight <= 10000:
+        raise _bad(f"{where}.cpu_weight", "must be between 1 and 10000")
     seccomp = _typed(table, "seccomp_profile", where, str)
     if seccomp and not os.path.isfile(seccomp):
         raise _bad(f"{where}.seccomp_profile", f"no such file {seccomp!r}")
@@ -303,6 +315,8 @@ def _profile(name: str, raw: dict[str, Any], base: dict[str, Any]) -> Profile:
         seccomp_profile=seccomp or None,
         description=str(table.get("description", "")),
         egress=parse_egress(table, where),
+        memory_high=memory_high,
+        cpu_weight=cpu_weight,
     )
 
 

@@ -8,6 +8,13 @@ What we write is rendered by pure functions (``v2_limit_files``, ``v1_limit_file
 formats can be unit-tested without root; the drivers only decide where and in which order.
 Formats follow the kernel's Documentation/admin-guide/cgroup-v2.rst and cgroup-v1/*.rst.
 
+Delegation (cgroup v2 under systemd): a daemon started by a unit with ``Delegate=yes`` owns
+that unit's cgroup and nothing above it. ``probe`` finds it (the ``trusted.delegate`` /
+``user.delegate`` xattr systemd sets), moves every process of it into the ``supervisor`` leaf
+(the no-internal-processes rule), enables our controllers in its ``cgroup.subtree_control``,
+and roots the layout there: ``<unit cgroup>/<root>/<user>/<sandbox>``. Outside systemd the
+layout is rooted at the mount, as before.
+
 Every OSError from cgroupfs is mapped to ``CgroupError`` here (``raise ... from exc``); a limit
 that cannot be expressed is an ``InvalidRequest``. Stats never raise for a missing file: a
 kernel without e.g. ``memory.peak`` reports 0 (or a fallback) instead.
@@ -16,6 +23,7 @@ kernel without e.g. ``memory.peak`` reports 0 (or a fallback) instead.
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import re
@@ -34,7 +42,11 @@ __all__ = [
     "CgroupStats",
     "CgroupV1",
     "CgroupV2",
+    "SUPERVISOR",
+    "delegated_ancestor",
+    "find_delegated_parent",
     "find_v1_mounts",
+    "own_cgroup",
     "probe",
     "read_cgroup_mounts",
     "v1_limit_files",
@@ -46,6 +58,14 @@ CPU_PERIOD_US = 100_000
 
 MIN_CPU_QUOTA_US = 1_000
 """The kernel refuses a CFS quota below 1 ms (EINVAL); we refuse it earlier, with a reason."""
+
+SUPERVISOR = "supervisor"
+"""The leaf a delegated daemon moves itself into (systemd's CGROUP_DELEGATION.md names it so)."""
+
+_DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")
+_PSI = ("cpu", "memory", "io")
+_MEMORY_EVENTS = ("high", "max", "oom", "oom_kill")
+log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _DEVICE_RE = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
@@ -73,11 +93,14 @@ _V2_DEFAULTS = {
     "cpu.max": f"max {CPU_PERIOD_US}",
     "memory.max": "max",
     "memory.swap.max": "max",
+    "memory.high": "max",
+    "cpu.weight": "100",
     "pids.max": "max",
 }
 _V1_DEFAULTS = {
     "cpu.cfs_period_us": str(CPU_PERIOD_US),
     "cpu.cfs_quota_us": "-1",
+    "cpu.shares": "1024",
     "memory.limit_in_bytes": "-1",
     "memory.memsw.limit_in_bytes": "-1",
     "memory.oom_control": "0",
@@ -109,6 +132,19 @@ class CgroupStats:
     io_write_bytes: int
     io_read_ops: int
     io_write_ops: int
+    # cgroup v2 only (None on v1): PSI totals, cAdvisor's "waiting" = some, "stalled" = full
+    pressure_cpu_waiting_seconds: float | None = None
+    pressure_cpu_stalled_seconds: float | None = None
+    pressure_memory_waiting_seconds: float | None = None
+    pressure_memory_stalled_seconds: float | None = None
+    pressure_io_waiting_seconds: float | None = None
+    pressure_io_stalled_seconds: float | None = None
+    # memory.events: times over memory.high, at memory.max, OOM, processes OOM-killed
+    memory_events_high: int | None = None
+    memory_events_max: int | None = None
+    memory_events_oom: int | None = None
+    memory_events_oom_kill: int | None = None
+    memory_high: int | None = None
 
 
 # --------------------------------------------------------------------------- pure rendering
@@ -135,6 +171,12 @@ def check_limits(limits: Limits) -> None:
         raise InvalidRequest(f"swap must be >= 0 bytes, got {limits.swap!r}")
     if limits.pids is not None and limits.pids < 1:
         raise InvalidRequest(f"pids must be >= 1, got {limits.pids!r}")
+    if limits.memory_high is not None and limits.memory_high < 1:
+        raise InvalidRequest(
+            f"memory_high must be a positive byte count, got {limits.memory_high!r}"
+        )
+    if limits.cpu_weight is not None and not 1 <= limits.cpu_weight <= 10000:
+        raise InvalidRequest(f"cpu_weight must be 1..10000, got {limits.cpu_weight!r}")
     for field in _IO_KEYS:
         for rule in getattr(limits, field):
             _check_rate(field, rule)
@@ -165,7 +207,8 @@ def v2_limit_files(limits: Limits) -> dict[str, str]:
 
     ``memory.swap.max`` is swap beyond memory (v2 accounts swap separately); without a memory
     limit swap is not limited either, as on v1 where memsw needs a memory limit. ``io.max`` is
-    present only when a device rule is asked, one line per device with all four keys.
+    present only when a device rule is asked, one line per device with all four keys;
+    ``memory.high`` and ``cpu.weight`` only when set (nothing changes them after create).
     """
     check_limits(limits)
     quota = "max" if limits.cpus is None else str(_cpu_quota(limits.cpus))
@@ -175,6 +218,10 @@ def v2_limit_files(limits: Limits) -> dict[str, str]:
         "memory.swap.max": "max" if limits.memory is None else str(limits.swap),
         "pids.max": "max" if limits.pids is None else str(limits.pids),
     }
+    if limits.memory_high is not None:
+        files["memory.high"] = str(limits.memory_high)
+    if limits.cpu_weight is not None:
+        files["cpu.weight"] = str(limits.cpu_weight)
     rules = _io_rules(limits)
     if rules:
         files["io.max"] = "\n".join(
@@ -189,9 +236,16 @@ def v1_limit_files(limits: Limits) -> dict[str, dict[str, str]]:
 
     v1 spells "unlimited" -1, except ``pids.max`` which takes ``max`` (the kernel rejects -1).
     ``memory.memsw.limit_in_bytes`` is memory + swap. blkio files hold one ``MAJ:MIN RATE``
-    line per device and appear only when a device rule is asked.
+    line per device and appear only when a device rule is asked. ``cpu_weight`` becomes
+    ``cpu.shares`` (100 ↔ 1024, the two defaults); ``memory_high`` has no v1 counterpart.
     """
     check_limits(limits)
+    if limits.memory_high is not None:
+        raise CgroupError(
+            "memory_high needs cgroup v2 (memory.high); this host runs the cgroup v1 memory "
+            "controller: unset memory_high in the profile, or boot the host with "
+            "systemd.unified_cgroup_hierarchy=1"
+        )
     quota = "-1" if limits.cpus is None else str(_cpu_quota(limits.cpus))
     memory = "-1" if limits.memory is None else str(limits.memory)
     memsw = "-1" if limits.memory is None else str(limits.memory + limits.swap)
@@ -205,6 +259,8 @@ def v1_limit_files(limits: Limits) -> dict[str, dict[str, str]]:
         "pids": {"pids.max": "max" if limits.pids is None else str(limits.pids)},
         "blkio": {},
     }
+    if limits.cpu_weight is not None:
+        files["cpu"]["cpu.shares"] = str(max(2, limits.cpu_weight * 1024 // 100))
     for field, name in _BLKIO_FILES.items():
         rates = {rule.device: rule.rate for rule in getattr(limits, field)}
         if rates:
@@ -213,8 +269,11 @@ def v1_limit_files(limits: Limits) -> dict[str, dict[str, str]]:
 
 
 def _aggregate(limits: Limits) -> Limits:
-    """The user level carries only memory, cpus and pids; io is per sandbox."""
-    return Limits(cpus=limits.cpus, memory=limits.memory, swap=limits.swap, pids=limits.pids)
+    """The user level carries only memory, cpus and pids; io is per sandbox. Swap is not part
+    of the user quota: each sandbox's own swap limit bounds it (a user-level ``swap=0`` would
+    forbid every sandbox of the user to swap, whatever its profile allows), so the drivers
+    write "no swap limit" at the user level."""
+    return Limits(cpus=limits.cpus, memory=limits.memory, pids=limits.pids)
 
 
 # --------------------------------------------------------------------------- file helpers
@@ -533,37 +592,119 @@ class CgroupDriver(ABC):
     def thaw(self, user: str, sandbox: str) -> None:
         """Undo ``freeze``."""
 
+    def user_pressure(self, user: str) -> dict[str, float] | None:
+        """PSI totals and memory.events of a user's level (the ``pressure_*`` and
+        ``memory_events_*`` keys of ``CgroupStats``); None where the kernel has none (v1)."""
+        return None
+
 
 # --------------------------------------------------------------------------- cgroup v2
 
 
 class CgroupV2(CgroupDriver):
-    """Unified hierarchy. Also works on a controller-less cgroup2 mount (hybrid hosts'
-    ``/sys/fs/cgroup/unified``): membership, freeze, kill and ``cpu.stat`` need no controller,
-    and any real limit asked there fails loudly naming the missing controller."""
+    """Unified hierarchy, rooted at ``<mount>/<parent>``: ``parent`` is the delegated cgroup
+    of a systemd unit, or "" (the mount itself) where nothing delegates. Also works on a
+    controller-less cgroup2 mount (hybrid hosts' ``/sys/fs/cgroup/unified``): membership,
+    freeze, kill and ``cpu.stat`` need no controller, and any real limit asked there fails
+    loudly naming the missing controller and the fix."""
 
     version = 2
 
+    def __init__(self, root: str, mount: str = "/sys/fs/cgroup", parent: str = "") -> None:
+        super().__init__(root, mount)
+        self.parent = parent.strip("/")
+        self.base = os.path.join(self.mount, self.parent) if self.parent else self.mount
+
     def _hierarchies(self) -> list[str]:
-        return [self.mount]
+        return [self.base]
 
     def _dir(self, user: str | None = None, sandbox: str | None = None) -> str:
-        return os.path.join(self.mount, self._rel(user, sandbox))
+        return os.path.join(self.base, self._rel(user, sandbox))
+
+    def claim(self, timeout: float = 5.0) -> None:
+        """Take the delegated subtree: move every process of ``base`` into the ``supervisor``
+        leaf, then enable our controllers in ``base``'s ``cgroup.subtree_control`` (the kernel
+        refuses that while ``base`` holds processes, so a process forked meanwhile is moved
+        too, until the write goes through)."""
+        if not self.parent:
+            raise CgroupError("claim() is for a delegated subtree; this driver has none")
+        leaf = os.path.join(self.base, SUPERVISOR)
+        _mkdir(leaf)
+        deadline = time.monotonic() + timeout
+        while True:
+            for pid in _read_procs(os.path.join(self.base, "cgroup.procs")):
+                try:
+                    with open(os.path.join(leaf, "cgroup.procs"), "w") as fh:
+                        fh.write(str(pid))
+                except ProcessLookupError:
+                    pass  # exited meanwhile
+                except OSError as exc:
+                    raise CgroupError(
+                        f"cannot move process {pid} out of the delegated {self.base} into "
+                        f"{leaf}: {exc.strerror}"
+                    ) from exc
+            try:
+                self._enable(self.base)
+                break
+            except CgroupError:
+                if time.monotonic() > deadline or not _read_procs(
+                    os.path.join(self.base, "cgroup.procs")
+                ):
+                    raise
+        missing = [c for c in _V2_CONTROLLERS if c not in self._controllers(self.base)]
+        if missing:
+            log.warning(
+                "cgroup v2: %s; limits that need %s will be refused",
+                self.missing_reason(missing[0]),
+                ", ".join(missing),
+            )
+
+    @staticmethod
+    def _controllers(path: str) -> set[str]:
+        return set((_read(os.path.join(path, "cgroup.controllers")) or "").split())
+
+    @staticmethod
+    def _enable(path: str) -> None:
+        """Enable every controller of ours that ``path`` has in its subtree_control."""
+        available = CgroupV2._controllers(path)
+        enabled = set((_read(os.path.join(path, "cgroup.subtree_control")) or "").split())
+        wanted = [c for c in _V2_CONTROLLERS if c in available and c not in enabled]
+        if wanted:
+            _write(os.path.join(path, "cgroup.subtree_control"), " ".join(f"+{c}" for c in wanted))
+
+    def missing_reason(self, controller: str) -> str:
+        """Why ``controller`` is not available to us, and the fix (for error messages)."""
+        if controller not in self._controllers(self.mount) and self.mount == "/sys/fs/cgroup":
+            return (
+                f"the kernel offers no {controller} controller on cgroup v2 ({self.mount}/"
+                f"cgroup.controllers); boot with systemd.unified_cgroup_hierarchy=1 "
+                f"cgroup_no_v1=all and without cgroup_disable={controller}"
+            )
+        if controller not in self._controllers(self.mount):
+            return f"the cgroup2 mount {self.mount} has no {controller} controller (hybrid host?)"
+        if self.parent and controller not in self._controllers(self.base):
+            return (
+                f"the {controller} controller is not delegated to {self.base}: set Delegate=yes "
+                f"(or a list naming {controller}) in the [Service] section of sandboxd.service "
+                f"and restart it"
+            )
+        return (
+            f"the {controller} controller is not enabled for our cgroups under {self.base} "
+            f"(its parent's cgroup.subtree_control lacks +{controller})"
+        )
 
     def _prepare_parent(self, user: str) -> None:
-        """Enable our controllers in each parent's subtree_control, down to the user level."""
-        for parent in (self.mount, self._dir(), self._dir(user)):
-            available = set((_read(os.path.join(parent, "cgroup.controllers")) or "").split())
-            enabled = set((_read(os.path.join(parent, "cgroup.subtree_control")) or "").split())
-            wanted = [c for c in _V2_CONTROLLERS if c in available and c not in enabled]
-            if wanted:
-                control = os.path.join(parent, "cgroup.subtree_control")
-                _write(control, " ".join(f"+{c}" for c in wanted))
+        """Enable our controllers in each parent's subtree_control, down to the user level.
+        With a delegated parent that is ``base`` and below, never above it."""
+        for parent in (self.base, self._dir(), self._dir(user)):
+            self._enable(parent)
 
     def _apply(self, user: str, sandbox: str | None, limits: Limits) -> None:
         path = self._dir(user, sandbox)
-        available = set((_read(os.path.join(path, "cgroup.controllers")) or "").split())
+        available = self._controllers(path)
         files = v2_limit_files(limits)
+        if sandbox is None:
+            files["memory.swap.max"] = "max"  # swap is bounded per sandbox (see _aggregate)
         for name, value in files.items():
             if name == "io.max":
                 continue
@@ -579,7 +720,8 @@ class CgroupV2(CgroupDriver):
             if value != _V2_DEFAULTS[name]:
                 raise CgroupError(
                     f"cannot set {name}={value!r}: the {controller} controller is not "
-                    f"available in {path} (cgroup.controllers: {' '.join(sorted(available))})"
+                    f"available in {path} (cgroup.controllers: {' '.join(sorted(available))}): "
+                    f"{self.missing_reason(controller)}"
                 )
             return
         if name == "memory.swap.max" and not os.path.exists(target):
@@ -596,7 +738,8 @@ class CgroupV2(CgroupDriver):
         if "io" not in available:
             if text:
                 raise CgroupError(
-                    f"cannot set io.max: the io controller is not available in {path}"
+                    f"cannot set io.max: the io controller is not available in {path}: "
+                    f"{self.missing_reason('io')}"
                 )
             return
         wanted = {line.split()[0] for line in text.splitlines()}
@@ -633,7 +776,13 @@ class CgroupV2(CgroupDriver):
             io_write_bytes=io.get("wbytes", 0),
             io_read_ops=io.get("rios", 0),
             io_write_ops=io.get("wios", 0),
+            memory_high=_unit_max(_read(os.path.join(path, "memory.high"))),
+            **_pressure(path),
         )
+
+    def user_pressure(self, user: str) -> dict[str, float] | None:
+        path = self._dir(user)
+        return _pressure(path) if os.path.isdir(path) else None
 
     @staticmethod
     def _io_stat(path: str) -> dict[str, int]:
@@ -732,6 +881,8 @@ class CgroupV1(CgroupDriver):
 
     def _apply(self, user: str, sandbox: str | None, limits: Limits) -> None:
         files = v1_limit_files(limits)
+        if sandbox is None and limits.memory is not None:
+            files["memory"]["memory.memsw.limit_in_bytes"] = "-1"  # swap is bounded per sandbox
         for controller in ("cpu", "pids"):
             for name, value in files[controller].items():
                 self._write_limit(controller, user, sandbox, name, value)
@@ -897,6 +1048,33 @@ class CgroupV1(CgroupDriver):
             raise CgroupError(f"processes left in {self._rel(user, sandbox)} after SIGKILL")
 
 
+def read_psi(path: str) -> dict[str, float]:
+    """``some``/``full`` ``total=`` (µs) of one pressure file, in seconds; {} if absent."""
+    out: dict[str, float] = {}
+    for line in (_read(path) or "").splitlines():
+        kind, _, rest = line.partition(" ")
+        for item in rest.split():
+            key, _, value = item.partition("=")
+            if key == "total" and value.isdigit():
+                out[kind] = int(value) / 1e6
+    return out
+
+
+def _pressure(path: str) -> dict[str, float]:
+    """PSI (cAdvisor: waiting = some, stalled = full) and memory.events of a v2 cgroup."""
+    out: dict[str, float] = {}
+    for resource in _PSI:
+        psi = read_psi(os.path.join(path, f"{resource}.pressure"))
+        if psi:
+            out[f"pressure_{resource}_waiting_seconds"] = psi.get("some", 0.0)
+            out[f"pressure_{resource}_stalled_seconds"] = psi.get("full", 0.0)
+    events = _read_keyed(os.path.join(path, "memory.events"))
+    if events:
+        for key in _MEMORY_EVENTS:
+            out[f"memory_events_{key}"] = events.get(key, 0)
+    return out
+
+
 def _as_limit(value: str) -> int:
     number = int(value)
     return (1 << 63) if number < 0 else number
@@ -910,8 +1088,74 @@ def _total(stat: dict[str, int], key: str) -> int:
 # --------------------------------------------------------------------------- probing
 
 
-def probe(root: str, mount: str = "/sys/fs/cgroup") -> CgroupDriver:
-    """cgroup2 mounted at ``mount`` itself → v2; anything else (v1 or hybrid) → v1 controllers."""
+def own_cgroup(pid: int | str = "self") -> str:
+    """The cgroup v2 path of a process ("/system.slice/x.service"), from ``/proc/PID/cgroup``."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as fh:
+            for line in fh:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError as exc:
+        raise CgroupError(f"cannot read /proc/{pid}/cgroup: {exc.strerror}") from exc
+    return "/"
+
+
+def _is_delegated(path: str) -> bool:
+    """systemd marks the cgroup of a ``Delegate=yes`` unit with a ``*.delegate`` xattr."""
+    for name in _DELEGATE_XATTRS:
+        try:
+            if os.getxattr(path, name) == b"1":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def delegated_ancestor(mount: str, cgroup: str) -> str | None:
+    """The nearest cgroup at or above ``cgroup`` that is delegated, as a path relative to the
+    mount; None if there is none (no systemd, or a unit without ``Delegate=``)."""
+    parts = [p for p in cgroup.strip("/").split("/") if p]
+    while parts:
+        rel = "/".join(parts)
+        if _is_delegated(os.path.join(mount, rel)):
+            return rel
+        parts.pop()
+    return None
+
+
+def find_delegated_parent(mount: str, root: str, depth: int = 4) -> str | None:
+    """A delegated cgroup that holds ``<root>``, searched from the mount down ``depth`` levels:
+    how ``sandboxd cleanup`` run from a shell finds the subtree of the daemon's unit."""
+    level = [""]
+    for _ in range(depth):
+        below = []
+        for rel in level:
+            for name in _subdirs_any(os.path.join(mount, rel)):
+                child = f"{rel}/{name}".strip("/")
+                if _is_delegated(os.path.join(mount, child)):
+                    if os.path.isdir(os.path.join(mount, child, root)):
+                        return child
+                    continue  # someone else's delegated subtree: never look inside
+                below.append(child)
+        level = below
+    return None
+
+
+def _subdirs_any(path: str) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def probe(root: str, mount: str = "/sys/fs/cgroup", parent: str | None = None) -> CgroupDriver:
+    """cgroup2 mounted at ``mount`` itself → v2; anything else (v1 or hybrid) → v1 controllers.
+
+    On v2, ``parent`` None means: if this process runs inside a delegated subtree (a systemd
+    unit with ``Delegate=yes``), root the layout there and claim it (move ourselves into the
+    ``supervisor`` leaf, enable controllers); else use a delegated subtree that already holds
+    ``<root>`` (``sandboxd cleanup`` from a shell), without claiming it; else the mount.
+    """
     mount = mount.rstrip("/") or "/"
     try:
         mounts = read_cgroup_mounts()
@@ -919,7 +1163,15 @@ def probe(root: str, mount: str = "/sys/fs/cgroup") -> CgroupDriver:
         raise CgroupError(f"cannot read /proc/self/mountinfo: {exc.strerror}") from exc
     at_mount = [m for m in mounts if m.mountpoint == mount]
     if at_mount and at_mount[-1].fstype == "cgroup2":
-        return CgroupV2(root, mount)
+        if parent is not None:
+            return CgroupV2(root, mount, parent)
+        here = delegated_ancestor(mount, own_cgroup())
+        if here is not None:
+            driver = CgroupV2(root, mount, here)
+            driver.claim()
+            return driver
+        found = find_delegated_parent(mount, check_name(root, "root"))
+        return CgroupV2(root, mount, found or "")
     if not any(m.fstype == "cgroup" and _under(m.mountpoint, mount) for m in mounts):
         raise CgroupError(f"no cgroup hierarchy mounted at or under {mount}")
     return CgroupV1(root, mount)
