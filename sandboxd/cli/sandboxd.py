@@ -67,7 +67,7 @@ def cleanup(config: Config, purge: bool) -> int:
     """Remove every host object of an instance: processes, cgroups, run dir (and state)."""
     from ..runtime import cgroups
 
-    driver = cgroups.probe(config.instance)
+    driver = cgroups.probe(config.instance, claim=False)  # look, never move this process
     driver.remove_all()
     shutil.rmtree(config.run_dir, ignore_errors=True)
     try:

@@ -1148,13 +1148,17 @@ def _subdirs_any(path: str) -> list[str]:
         return []
 
 
-def probe(root: str, mount: str = "/sys/fs/cgroup", parent: str | None = None) -> CgroupDriver:
+def probe(
+    root: str, mount: str = "/sys/fs/cgroup", parent: str | None = None, *, claim: bool = True
+) -> CgroupDriver:
     """cgroup2 mounted at ``mount`` itself → v2; anything else (v1 or hybrid) → v1 controllers.
 
-    On v2, ``parent`` None means: if this process runs inside a delegated subtree (a systemd
-    unit with ``Delegate=yes``), root the layout there and claim it (move ourselves into the
-    ``supervisor`` leaf, enable controllers); else use a delegated subtree that already holds
-    ``<root>`` (``sandboxd cleanup`` from a shell), without claiming it; else the mount.
+    On v2, ``parent`` None means: inside a delegated subtree (a systemd unit with
+    ``Delegate=yes``), root the layout there and, with ``claim``, take it (move into the
+    ``supervisor`` leaf, enable controllers). Elsewhere under systemd the daemon refuses to
+    start (it would write outside anything delegated to it); ``claim=False`` (``sandboxd
+    cleanup`` from a shell) instead finds the unit subtree that holds ``<root>``. Without
+    systemd the layout is rooted at the mount.
     """
     mount = mount.rstrip("/") or "/"
     try:
@@ -1165,13 +1169,22 @@ def probe(root: str, mount: str = "/sys/fs/cgroup", parent: str | None = None) -
     if at_mount and at_mount[-1].fstype == "cgroup2":
         if parent is not None:
             return CgroupV2(root, mount, parent)
-        here = delegated_ancestor(mount, own_cgroup())
-        if here is not None:
-            driver = CgroupV2(root, mount, here)
-            driver.claim()
+        here = own_cgroup()
+        delegated = delegated_ancestor(mount, here)
+        if delegated is not None:
+            driver = CgroupV2(root, mount, delegated)
+            if claim:
+                driver.claim()
             return driver
-        found = find_delegated_parent(mount, check_name(root, "root"))
-        return CgroupV2(root, mount, found or "")
+        if not claim:
+            return CgroupV2(root, mount, find_delegated_parent(mount, check_name(root)) or "")
+        if here != "/" and os.path.isdir("/run/systemd/system"):
+            raise CgroupError(
+                f"sandboxd runs in the cgroup {here}, which systemd has not delegated to it: "
+                f"start it from a unit with Delegate=yes (deploy/systemd/sandboxd.service), "
+                f"or from a shell with `systemd-run --scope -p Delegate=yes sandboxd serve`"
+            )
+        return CgroupV2(root, mount, "")
     if not any(m.fstype == "cgroup" and _under(m.mountpoint, mount) for m in mounts):
         raise CgroupError(f"no cgroup hierarchy mounted at or under {mount}")
     return CgroupV1(root, mount)
