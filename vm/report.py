@@ -12,7 +12,8 @@ def main(results: str) -> int:
     if not os.path.exists(path):
         print("vm: no v2-results.json")
         return 1
-    rows = json.load(open(path))
+    with open(path) as fh:
+        rows = json.load(fh)
     widths = [
         max(len(r[k]) for r in rows + [dict(limit="limit", target="target", measured="measured")])
         for k in ("limit", "target", "measured")

@@ -25,7 +25,6 @@ from conftest import PYTHON, Client, Daemon, make_daemon, other_instance, stop_d
 from helpers import wait_until
 
 from sandboxd.runtime import cgroups
-from sandboxd.spec import Limits
 
 MiB = 1 << 20
 CG = "/sys/fs/cgroup"
@@ -53,6 +52,7 @@ cpu_weight = 300
 [profiles.throttled]
 memory = "256m"
 memory_high = "48m"
+swap = "160m"
 
 [quotas.default]
 max_sandboxes = 12
@@ -228,9 +228,10 @@ def test_memory_max_exit_137_and_reason(vera: Client) -> None:
 
 
 def test_memory_high_slows_rather_than_kills(vera: Client) -> None:
-    """The same 160 MiB allocation, once under memory.high = 48 MiB and once without."""
+    """The same 128 MiB allocation, once under memory.high = 48 MiB (reclaimed into swap
+    as it grows) and once without: slower, never killed."""
     script = (
-        "import time\nt = time.monotonic()\nb = bytearray(160 * 2**20)\n"
+        "import time\nt = time.monotonic()\nb = bytearray(128 * 2**20)\n"
         "for i in range(0, len(b), 4096): b[i] = 1\n"
         "print('took', time.monotonic() - t, flush=True)\ntime.sleep(600)"
     )
@@ -255,7 +256,7 @@ def test_memory_high_slows_rather_than_kills(vera: Client) -> None:
     slower = took["throttled"] / max(took["default"], 1e-3)
     record(
         "memory.high",
-        "48 MiB: slows a 160 MiB allocation, no kill",
+        "48 MiB: slows a 128 MiB allocation, no kill",
         f"{slower:.1f}x slower, events high={events['high']}, oom_kill={events['oom_kill']}",
         slower >= 2 and events["oom_kill"] == 0,
     )
@@ -425,34 +426,40 @@ def test_kill_through_cgroup_kill(v2d: Daemon, vera: Client) -> None:
 
 
 def test_user_aggregate_limits_hold_across_sandboxes(v2d: Daemon) -> None:
+    """Lower the user's quota below what its sandboxes hold: the user level of the cgroup tree
+    (written live by ``PUT /api/users/{name}/quota``) caps them together."""
     walt = v2d.user("walt")
-    busy = [running(walt, BUSY, cpus=1.0) for _ in range(2)]
+    made: list[dict[str, Any]] = []
+    hold = (
+        "b = bytearray(64 * 2**20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
+        "print('held', flush=True)\nimport time; time.sleep(600)"
+    )
     try:
-        user_dir = os.path.dirname(cgdir(busy[0]))
+        made += [running(walt, BUSY, cpus=1.0, memory="64m") for _ in range(2)]
+        user_dir = os.path.dirname(cgdir(made[0]))
         v2d.admin.call("PUT", "/api/users/walt/quota", json={"cpus": 0.5})
         assert read(f"{user_dir}/cpu.max") == "50000 100000"
         time.sleep(1.0)
         total = rate(lambda: usage(user_dir), 5.0)
-        each = [rate(lambda sb=sb: usage(cgdir(sb)), 2.0) for sb in busy]
+        each = [rate(lambda sb=sb: usage(cgdir(sb)), 2.0) for sb in made]
+        remove(walt, *made)
+        made = [running(walt, [PYTHON, "-c", hold], memory="128m") for _ in range(2)]
+        for sb in made:
+            wait_until(lambda sb=sb: "held" in walt.logs(sb["id"])["stdout"], timeout=120)
         v2d.admin.call("PUT", "/api/users/walt/quota", json={"memory": "96m", "cpus": 8.0})
         assert read(f"{user_dir}/memory.max") == str(96 * MiB)
-        hold = "b = bytearray(64 * 2**20)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(600)"
-        holders = [running(walt, [PYTHON, "-c", hold], memory="128m") for _ in range(2)]
-        busy += holders
         wait_until(lambda: keyed(f"{user_dir}/memory.events")["oom_kill"] >= 1, timeout=120)
-        peak = int(read(f"{user_dir}/memory.peak"))
+        current = int(read(f"{user_dir}/memory.current"))
     finally:
-        remove(walt, *busy)
+        remove(walt, *made)
         v2d.admin.call("DELETE", "/api/users/walt/quota")
-    assert 0.4 <= total <= 0.6 and all(e > 0.05 for e in each), (total, each)
-    assert peak <= 96 * MiB
+    ok = 0.4 <= total <= 0.6 and all(e > 0.05 for e in each)
+    record("user cpu.max", "0.5 CPU for 2 busy sandboxes", f"{total:.3f} CPU (user cpu.stat)", ok)
     record(
-        "user cpu.max",
-        "0.5 CPU for 2 busy sandboxes",
-        f"{total:.3f} CPU (user cpu.stat)",
-        0.4 <= total <= 0.6,
+        "user memory.max", "96 MiB for 2 × 64 MiB", f"oom_kill ≥ 1, then {current / MiB:.1f} MiB"
     )
-    record("user memory.max", "96 MiB for 2×64 MiB", f"peak {peak / MiB:.1f} MiB, oom_kill ≥ 1")
+    assert ok, (total, each)
+    assert current <= 96 * MiB
 
 
 def test_patch_changes_limits_while_running(vera: Client) -> None:
@@ -480,7 +487,7 @@ def test_patch_changes_limits_while_running(vera: Client) -> None:
 
 def test_pressure_and_memory_events_in_stats_and_metrics(v2d: Daemon, vera: Client) -> None:
     squeeze = (
-        "import time\nb = bytearray(160 * 2**20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
+        "import time\nb = bytearray(96 * 2**20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
         "print('held', flush=True)\ntime.sleep(600)"
     )
     sb = running(vera, [PYTHON, "-c", squeeze], profile="throttled")
@@ -514,7 +521,8 @@ def test_pressure_and_memory_events_in_stats_and_metrics(v2d: Daemon, vera: Clie
     record(
         "PSI + memory.events",
         "exported per sandbox and user",
-        f"memory some {stats['pressure_memory_waiting_seconds']:.2f} s, high events {stats['memory_events_high']}",
+        f"memory some {stats['pressure_memory_waiting_seconds']:.2f} s, "
+        f"high events {stats['memory_events_high']}",
     )
 
 
