@@ -46,7 +46,20 @@ disk = "64m"
 
 
 def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["systemctl", *args], capture_output=True, text=True, check=check)
+    print("systemctl", *args, flush=True)
+    done = subprocess.run(
+        [
+            "systemctl",
+            "--no-block" if args[0] in ("start", "restart", "stop") else "--quiet",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"systemctl {args}: {done.returncode} {done.stdout} {done.stderr}")
+    return done
 
 
 class Unit:
@@ -84,6 +97,13 @@ class Unit:
     def cgroup(self) -> str:
         return f"system.slice/{self.name}"
 
+    def stop(self) -> None:
+        systemctl("stop", self.name, check=False)
+        wait_until(
+            lambda: systemctl("is-active", self.name, check=False).stdout.strip() != "active",
+            timeout=60,
+        )
+
     def main_pid(self) -> int:
         return int(systemctl("show", "-p", "MainPID", "--value", self.name).stdout.strip())
 
@@ -104,11 +124,8 @@ class Unit:
         return Client(self.url, open(token).read().strip())
 
     def remove(self) -> None:
-        systemctl("stop", self.name, check=False)
-        subprocess.run(
-            [SANDBOXD, "cleanup", "--instance", self.instance, "--state-dir", self.state],
-            capture_output=True,
-        )
+        self.stop()
+        cleanup_from_outside(self)
         for leaf in (cgroups.SUPERVISOR, ""):  # systemd prunes an empty unit cgroup; help it
             try:
                 os.rmdir(os.path.join(CG, self.cgroup, leaf))
@@ -119,6 +136,14 @@ class Unit:
             os.unlink(self.path)
         systemctl("daemon-reload")
         systemctl("reset-failed", self.name, check=False)
+
+
+def cleanup_from_outside(unit: Unit) -> subprocess.CompletedProcess[str]:
+    """``sandboxd cleanup`` as from an admin's shell: the test runner itself is a delegated
+    unit, so the command first leaves it for the root cgroup (no delegation there)."""
+    script = f'echo $$ > {CG}/cgroup.procs && exec "$@"'
+    argv = [SANDBOXD, "cleanup", "--instance", unit.instance, "--state-dir", unit.state]
+    return subprocess.run(["sh", "-c", script, "sh", *argv], capture_output=True, text=True)
 
 
 @pytest.fixture
@@ -155,8 +180,8 @@ def test_shipped_unit_delegates_and_daemon_owns_only_its_subtree(unit: Unit) -> 
 
     # KillMode=process: a restart keeps the sandbox, the new daemon re-adopts it
     systemctl("restart", unit.name)
+    wait_until(lambda: unit.main_pid() not in (0, pid), timeout=60)
     admin = unit.wait_up()
-    assert unit.main_pid() != pid
     assert cgroups.own_cgroup(unit.main_pid()) == f"/{unit.cgroup}/{cgroups.SUPERVISOR}"
     assert sam.call("GET", f"/api/sandboxes/{sb['id']}")["state"] == "running"
     sam.call("DELETE", f"/api/sandboxes/{sb['id']}?force=1")
@@ -169,13 +194,9 @@ def test_cleanup_from_outside_the_unit_finds_its_subtree(unit: Unit) -> None:
     sb = Client(unit.url, body["token"]).run(["sleep", "600"])
     user_dir = f"{CG}/{unit.cgroup}/{unit.instance}/sue"
     wait_until(lambda: os.path.isdir(f"{user_dir}/{sb['id']}"))
-    systemctl("stop", unit.name)  # KillMode=process: the sandbox survives its daemon
+    unit.stop()  # KillMode=process: the sandbox survives its daemon
     assert os.path.isdir(f"{user_dir}/{sb['id']}")
-    done = subprocess.run(
-        [SANDBOXD, "cleanup", "--instance", unit.instance, "--state-dir", unit.state],
-        capture_output=True,
-        text=True,
-    )
+    done = cleanup_from_outside(unit)
     assert done.returncode == 0, done.stderr
     assert not os.path.exists(f"{CG}/{unit.cgroup}/{unit.instance}")
 
