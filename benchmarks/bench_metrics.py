@@ -40,7 +40,7 @@ def main() -> None:
         session = requests.Session()
 
         def scrape() -> str:
-            resp = session.get(d.url + "/metrics", timeout=30)
+            resp = session.get(d.url + "/metrics", headers=d.admin_headers, timeout=30)
             resp.raise_for_status()
             return resp.text
 

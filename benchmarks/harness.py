@@ -46,6 +46,10 @@ class BenchDaemon:
     def env(self) -> dict[str, str]:
         return {**os.environ, "SANDBOXD_URL": self.url, "SANDBOXD_TOKEN": self.token}
 
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.token}"}
+
     def post(self, path: str, body: dict) -> requests.Response:
         return requests.post(
             self.url + path, json=body, headers={"Authorization": f"token {self.token}"}, timeout=60

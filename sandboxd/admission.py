@@ -16,8 +16,8 @@ from typing import Any
 from .config import Config, Profile, Quota
 from .errors import Forbidden, InvalidRequest, QuotaExceeded
 from .network import settings as network_settings
-from .runtime.rootfs import HOME, resolve_volume
-from .spec import DeviceRate, Limits, SandboxSpec
+from .runtime.rootfs import HOME, parse_volume
+from .spec import DeviceRate, Limits, SandboxSpec, Volume
 from .state import User
 from .units import format_size, parse_size
 
@@ -50,6 +50,7 @@ KNOWN_FIELDS = {
     "ports",
 }
 MAX_COMMAND_BYTES = 128 * 1024
+MAX_VOLUMES = 32
 
 
 @dataclass
@@ -137,8 +138,10 @@ def device_rates(values: Any, key: str, is_rate: bool) -> tuple[DeviceRate, ...]
         if not isinstance(item, str) or ":" not in item:
             raise InvalidRequest(f"{key}: {item!r} is not DEVICE:RATE")
         path, rate = item.rsplit(":", 1)
+        if not path.startswith("/dev/") or ".." in path.split("/"):
+            raise InvalidRequest(f"{key}: {path!r} is not a device under /dev")
         try:
-            st = os.stat(path)
+            st = os.stat(path)  # /dev is root's: no tenant can plant a link there
         except OSError:
             raise InvalidRequest(f"{key}: no such device {path!r}") from None
         if not stat.S_ISBLK(st.st_mode):
@@ -230,10 +233,37 @@ def new_id() -> str:
     return secrets.token_hex(8)
 
 
+def volumes_for(raw: Any, admin: bool) -> tuple[Volume, ...]:
+    """``-v`` entries: the owner's named volumes for everyone, host paths for admins only."""
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise InvalidRequest("volumes: expected a list of SOURCE:TARGET[:ro]")
+    if len(raw) > MAX_VOLUMES:
+        raise InvalidRequest(f"volumes: at most {MAX_VOLUMES}")
+    out = tuple(parse_volume(v) for v in raw)
+    for vol in out:
+        if vol.host and not admin:
+            raise Forbidden(
+                f"volume {vol.text()!r}: binding a host path needs an admin token; "
+                "name one of your volumes instead (NAME[/SUBPATH]:TARGET)",
+                reason="host-path-denied",
+            )
+    targets = [v.container for v in out]
+    if len(set(targets)) != len(targets):
+        raise InvalidRequest("volumes: two volumes have the same target", reason="bad-volume")
+    return out
+
+
 def build_spec(
-    body: Any, owner: User, config: Config, *, kind: str = "sandbox", sid: str | None = None
+    body: Any,
+    owner: User,
+    config: Config,
+    *,
+    kind: str = "sandbox",
+    sid: str | None = None,
+    admin: bool = False,
 ) -> SandboxSpec:
-    """Validate a create request for ``owner`` (the user the sandbox will belong to)."""
+    """Validate a create request for ``owner`` (the user the sandbox will belong to);
+    ``admin``: the request comes from an admin token (host-path volumes allowed)."""
     if not isinstance(body, dict):
         raise InvalidRequest("expected a JSON object")
     unknown = set(body) - KNOWN_FIELDS
@@ -253,9 +283,7 @@ def build_spec(
     if network == "host" and not profile.allow_host_network:
         raise Forbidden("network host is not allowed by this profile", reason="host-network")
     ports = network_settings.check_mode(network, body.get("ports", []))
-    volumes = body.get("volumes", [])
-    if not isinstance(volumes, list) or not all(isinstance(v, str) for v in volumes):
-        raise InvalidRequest("volumes: expected a list of HOST:CONTAINER[:ro]")
+    volumes = volumes_for(body.get("volumes", []), admin)
     workdir = _str(body, "workdir", HOME)
     if not os.path.isabs(workdir) or ".." in workdir.split("/"):
         raise InvalidRequest("workdir: must be an absolute path without '..'")
@@ -278,7 +306,7 @@ def build_spec(
         limits=limits_for(body, profile),
         env=_env(body),
         workdir=workdir,
-        volumes=tuple(resolve_volume(v, config.volume_roots) for v in volumes),
+        volumes=volumes,
         network=network,
         stdin=body.get("stdin", False),
         auto_remove=body.get("auto_remove", False),

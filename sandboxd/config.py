@@ -24,11 +24,18 @@ state_dir = ""            # default /var/lib/sandboxd/<instance>
 run_dir = ""              # default /run/sandboxd/<instance>
 tenant_uid_base = 800000  # tenant host uids are base, base+1, ... (one per user, never 0)
 tenant_uid_count = 100000
-log_max_bytes = 1048576   # per stream, per sandbox
+log_max_bytes = 1048576   # output kept per sandbox (stdout + stderr), at all times
+log_rate_bytes = 8388608  # output read per second per sandbox; a faster writer just blocks
+max_exited_per_user = 50  # exited sandboxes kept per user (their logs and exit); oldest go first
 stop_grace_seconds = 10
-volume_roots = []         # host directories under which users may bind volumes
+volume_roots = []         # host directories holding per-user volumes (<root>/<user>/<name>)
 metrics_token = ""        # if set, /metrics needs this read-only token (or an admin token)
-metrics_public = true     # /metrics without a token (false: admin token, unless metrics_token)
+metrics_public = false    # true: /metrics without a token (it names every user and sandbox)
+max_request_body = 1048576        # bytes of a JSON request body, checked before the token
+max_websockets_per_user = 64      # kernel channels and attaches open at once, per user
+max_websockets_per_kernel = 16    # channel WebSockets open at once on one kernel
+attach_stdin_buffer = 1048576     # stdin bytes held for a slow sandbox before the attach closes
+kernel_run_size = "16m"   # the tmpfs at /run/kernel (connection file and ZMQ sockets)
 
 [profiles.default]
 cpus = 1.0
@@ -108,6 +115,13 @@ _TOP_KEYS = {
     "tenant_uid_base",
     "tenant_uid_count",
     "log_max_bytes",
+    "log_rate_bytes",
+    "max_exited_per_user",
+    "max_request_body",
+    "max_websockets_per_user",
+    "max_websockets_per_kernel",
+    "attach_stdin_buffer",
+    "kernel_run_size",
     "stop_grace_seconds",
     "volume_roots",
     "metrics_token",
@@ -191,6 +205,13 @@ class Config:
     kernelspec_dirs: tuple[str, ...] = ()  # searched before the shipped kernelspec/ dir
     network: NetworkConfig = field(default_factory=NetworkConfig)
     source: str = "<embedded>"
+    log_rate_bytes: int = 8 << 20
+    max_exited_per_user: int = 50
+    max_request_body: int = 1 << 20
+    max_websockets_per_user: int = 64
+    max_websockets_per_kernel: int = 16
+    attach_stdin_buffer: int = 1 << 20
+    kernel_run_size: int = 16 << 20
 
     @property
     def listen_host(self) -> str:
@@ -248,6 +269,19 @@ def _size(table: dict[str, Any], key: str, where: str) -> int:
         return parse_size(table[key], what=f"{where}.{key}")
     except InvalidRequest as exc:
         raise _bad(f"{where}.{key}", exc.message) from None
+
+
+def _at_least(value: int, least: int, key: str) -> int:
+    if value < least:
+        raise _bad(key, f"must be at least {least}")
+    return value
+
+
+def _count(data: dict[str, Any], key: str, least: int) -> int:
+    value = _typed(data, key, "", int)
+    if value < least:
+        raise _bad(key, f"must be at least {least}")
+    return int(value)
 
 
 def _positive(value: float, key: str) -> float:
@@ -413,7 +447,16 @@ def build(data: dict[str, Any], source: str = "<embedded>") -> Config:
         run_dir=data["run_dir"] or f"/run/sandboxd/{instance}",
         tenant_uid_base=uid_base,
         tenant_uid_count=_typed(data, "tenant_uid_count", "", int),
-        log_max_bytes=_size(data, "log_max_bytes", ""),
+        log_max_bytes=_at_least(_size(data, "log_max_bytes", ""), 16384, "log_max_bytes"),
+        log_rate_bytes=_at_least(_size(data, "log_rate_bytes", ""), 65536, "log_rate_bytes"),
+        max_exited_per_user=_count(data, "max_exited_per_user", 0),
+        max_request_body=_at_least(_size(data, "max_request_body", ""), 4096, "max_request_body"),
+        max_websockets_per_user=_count(data, "max_websockets_per_user", 1),
+        max_websockets_per_kernel=_count(data, "max_websockets_per_kernel", 1),
+        attach_stdin_buffer=_at_least(
+            _size(data, "attach_stdin_buffer", ""), 4096, "attach_stdin_buffer"
+        ),
+        kernel_run_size=_at_least(_size(data, "kernel_run_size", ""), 1 << 20, "kernel_run_size"),
         stop_grace_seconds=float(_typed(data, "stop_grace_seconds", "", (int, float))),
         volume_roots=tuple(os.path.realpath(r) for r in roots),
         metrics_token=_typed(data, "metrics_token", "", str),

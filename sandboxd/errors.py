@@ -10,7 +10,8 @@ API answers with and ``reason`` a short machine-readable slug (also a metrics la
     │   ├── Forbidden                  (403) the token may not do this
     │   ├── NotFound                   (404) unknown, or not the caller's
     │   ├── Conflict                   (409) name or port taken, wrong state
-    │   └── QuotaExceeded              (429) over a user or profile quota
+    │   ├── PayloadTooLarge            (413) a request body over the configured limit
+    │   └── QuotaExceeded              (429) over a user or profile quota, or a per-user bound
     └── HostError                      (5xx) the host failed; what was made has been released
         ├── ResourcesExhausted         (503) uids, subnets, memory or pids of the host ran out
         ├── CgroupError                (500) cgroupfs refused a write or a read
@@ -72,6 +73,11 @@ class NotFound(Refused):
 class Conflict(Refused):
     status = 409
     reason = "conflict"
+
+
+class PayloadTooLarge(Refused):
+    status = 413
+    reason = "body-too-large"
 
 
 class QuotaExceeded(Refused):

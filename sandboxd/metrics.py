@@ -30,10 +30,10 @@ the daemon restarts, which ``rate()``/``increase()`` treat as a counter reset.
 
 from __future__ import annotations
 
-import contextlib
 import platform
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -51,7 +51,6 @@ from . import __version__
 
 if TYPE_CHECKING:
     from .runtime.sandbox import Exit
-    from .service import Sandboxd
     from .spec import SandboxSpec
 
 # ``_created`` series double the counter count and no dashboard uses them.
@@ -60,9 +59,11 @@ disable_created_metrics()
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 KINDS = ("sandbox", "kernel", "server")
-START_OUTCOMES = ("success", "failure")
+START_OUTCOMES = ("success", "failure", "refused")
 EXIT_OUTCOMES = ("success", "error", "oom_killed")
-KERNEL_EVENTS = ("start", "stop", "cull", "failure")
+KERNEL_EVENTS = ("started", "stopped", "culled", "failed", "restarted", "died", "oom_killed")
+DROP_REASONS = ("bad-signature", "malformed")
+RESOURCE_REASONS = ("zmq-sockets", "max-websockets", "body-too-large", "stdin-full")
 #: Refusal reasons raised by admission (``QuotaExceeded``/``Forbidden``), pre-created per user.
 REFUSAL_REASONS = (
     "max-sandboxes",
@@ -82,7 +83,8 @@ REGISTRY.register(ProcessCollector(registry=None))
 
 START_DURATION = Histogram(
     "sandboxd_sandbox_start_duration_seconds",
-    "Time from admission to a running sandbox, by kind and outcome (success|failure).",
+    "Time from admission to a running sandbox, by kind and outcome "
+    "(success | failure: the host failed | refused: a 4xx, the request's fault).",
     ["kind", "outcome"],
     buckets=START_BUCKETS,
     registry=REGISTRY,
@@ -102,7 +104,46 @@ KERNEL_STOPS = Counter(
 KERNEL_CULLS = Counter("sandboxd_kernel_culls_total", "Idle kernels culled.", registry=REGISTRY)
 KERNEL_FAILURES = Counter(
     "sandboxd_kernel_failures_total",
-    "Kernels that failed to start or died unexpectedly.",
+    "Kernels that failed to start (the host's fault) or died unexpectedly (OOM included).",
+    registry=REGISTRY,
+)
+KERNEL_RESTARTS = Counter(
+    "sandboxd_kernel_restarts_total", "Kernels restarted on request.", registry=REGISTRY
+)
+KERNEL_DEATHS = Counter(
+    "sandboxd_kernel_deaths_total",
+    "Kernels whose process died on its own, by cause (oom_killed | died).",
+    ["cause"],
+    registry=REGISTRY,
+)
+KERNEL_DROPPED = Counter(
+    "sandboxd_kernel_messages_dropped_total",
+    "Messages from kernels dropped: a bad HMAC signature (not this kernel's key) or malformed.",
+    ["reason"],
+    registry=REGISTRY,
+)
+RESOURCE_REFUSALS = Counter(
+    "sandboxd_resource_refusals_total",
+    "Requests refused because a daemon-wide bound was reached, by bound.",
+    ["reason"],
+    registry=REGISTRY,
+)
+LOOP_LAG = Histogram(
+    "sandboxd_event_loop_lag_seconds",
+    "How late the event loop's 50 ms tick wakes: time the loop was busy or blocked.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+    registry=REGISTRY,
+)
+LANE_WAITING = Gauge(
+    "sandboxd_blocking_queue_depth",
+    "Blocking calls waiting for a thread of their lane (io: files and cgroups; net: netlink/nft).",
+    ["lane"],
+    registry=REGISTRY,
+)
+LANE_RUNNING = Gauge(
+    "sandboxd_blocking_running",
+    "Blocking calls running now, by lane.",
+    ["lane"],
     registry=REGISTRY,
 )
 REQUEST_DURATION = Histogram(
@@ -119,9 +160,15 @@ WEBSOCKETS = Gauge(
     registry=REGISTRY,
 )
 
-_KERNEL_COUNTERS = dict(
-    zip(KERNEL_EVENTS, (KERNEL_STARTS, KERNEL_STOPS, KERNEL_CULLS, KERNEL_FAILURES), strict=True)
-)
+for _reason in DROP_REASONS:
+    KERNEL_DROPPED.labels(_reason)
+for _reason in RESOURCE_REASONS:
+    RESOURCE_REFUSALS.labels(_reason)
+for _cause in ("died", "oom_killed"):
+    KERNEL_DEATHS.labels(_cause)
+for _lane in ("io", "net"):
+    LANE_WAITING.labels(_lane)
+    LANE_RUNNING.labels(_lane)
 for _kind in KINDS:
     for _outcome in START_OUTCOMES:
         START_DURATION.labels(_kind, _outcome)
@@ -137,8 +184,40 @@ _oom_exited: dict[str, int] = defaultdict(int)
 
 
 def kernel_event(event: str) -> None:
-    """Count a kernel lifecycle event: ``start`` | ``stop`` | ``cull`` | ``failure``."""
-    _KERNEL_COUNTERS[event].inc()
+    """Count a kernel lifecycle event (one of ``KERNEL_EVENTS``)."""
+    if event == "started":
+        KERNEL_STARTS.inc()
+    elif event == "stopped":
+        KERNEL_STOPS.inc()
+    elif event == "culled":
+        KERNEL_CULLS.inc()
+    elif event == "restarted":
+        KERNEL_RESTARTS.inc()
+    elif event == "failed":
+        KERNEL_FAILURES.inc()
+    elif event in ("died", "oom_killed"):
+        KERNEL_DEATHS.labels(event).inc()
+        KERNEL_FAILURES.inc()
+    else:
+        raise ValueError(f"unknown kernel event {event!r}")
+
+
+def kernel_message_dropped(reason: str) -> None:
+    KERNEL_DROPPED.labels(reason).inc()
+
+
+def resource_refusal(reason: str) -> None:
+    RESOURCE_REFUSALS.labels(reason).inc()
+
+
+def observe_loop_lag(seconds: float) -> None:
+    LOOP_LAG.observe(seconds)
+
+
+def observe_lanes(depths: dict[str, tuple[int, int]]) -> None:
+    for lane, (waiting, running) in depths.items():
+        LANE_WAITING.labels(lane).set(waiting)
+        LANE_RUNNING.labels(lane).set(running)
 
 
 def observe_start(kind: str, outcome: str, seconds: float) -> None:
@@ -149,17 +228,14 @@ def admission_refused(user: str, reason: str) -> None:
     _refusals[(user, reason)] += 1
 
 
-def sandbox_exited(sbx: Sandboxd, spec: SandboxSpec, result: Exit) -> None:
-    """Record an exit; call *before* the cgroup is removed so its OOM count can be read."""
+def sandbox_exited(spec: SandboxSpec, result: Exit) -> None:
+    """Record an exit (``result.oom_kills`` was read before the cgroup went)."""
     if result.oom_killed:
         outcome = "oom_killed"
     else:
         outcome = "success" if result.code == 0 else "error"
     EXITS.labels(spec.kind, outcome).inc()
-    kills = 0
-    with contextlib.suppress(Exception):
-        kills = sbx.runtime.cgroups.oom_kills(spec.user, spec.id)
-    _oom_exited[spec.user] += max(kills, int(result.oom_killed))
+    _oom_exited[spec.user] += max(result.oom_kills, int(result.oom_killed))
 
 
 def observe_request(handler: Any) -> None:
@@ -271,46 +347,54 @@ def _family(name: str, doc: str, labels: list[str], counter: bool) -> Metric:
     return GaugeMetricFamily(f"sandboxd_{name}", doc, labels=labels)
 
 
-class DaemonCollector:
-    """Reads every live sandbox's cgroup and veth counters and the users' quotas per scrape."""
+@dataclass
+class Snapshot:
+    """What a scrape reports, taken on the event loop in one pass (a few table reads); the
+    cgroupfs and netlink reads and the rendering then run in a blocking lane from this alone."""
 
-    def __init__(self, sbx: Sandboxd) -> None:
-        self.sbx = sbx
+    records: list[Any]  # running sandboxes (SandboxRecord)
+    users: list[str]
+    quotas: dict[str, Any]  # user -> Quota
+    usage: dict[str, Any]  # user -> admission.Usage
+    instance: str
+    cgroup_version: int
+    started_at: float
+    stats: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    counters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    user_pressure: dict[str, dict[str, float]] = field(default_factory=dict)  # cgroup v2 only
+
+
+class DaemonCollector:
+    """Per-sandbox cgroup and veth counters and per-user quotas, from one ``Snapshot``."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
 
     def describe(self) -> Iterable[Metric]:
         return []  # names are dynamic (network families); skip the registration-time collect
 
     def collect(self) -> Iterator[Metric]:
-        sbx = self.sbx
-        records = [
-            r for r in sbx.store.list_sandboxes(states=("running",)) if r.id in sbx.runtime.live
-        ]
-        stats = {r.id: self.sbx.raw_stats(r) for r in records}
-        yield from self._sandboxes(records, stats)
-        yield from self._users(records, stats)
+        snap = self.snap
+        yield from self._sandboxes(snap.records, snap.stats)
+        yield from self._users(snap.records, snap.stats)
         build = GaugeMetricFamily(
             "sandboxd_build_info",
             "Build and host facts of this daemon; always 1.",
             labels=["version", "python_version", "instance", "cgroup_version"],
         )
         build.add_metric(
-            [
-                __version__,
-                platform.python_version(),
-                sbx.config.instance,
-                str(sbx.runtime.cgroups.version),
-            ],
+            [__version__, platform.python_version(), snap.instance, str(snap.cgroup_version)],
             1,
         )
         yield build
         yield GaugeMetricFamily(
-            "sandboxd_start_time_seconds", "When the daemon started.", value=sbx.started_at
+            "sandboxd_start_time_seconds", "When the daemon started.", value=snap.started_at
         )
 
     def _sandboxes(self, records: list[Any], all_stats: dict[str, Any]) -> Iterator[Metric]:
         fams = {
-            field: (_family(f"sandbox_{name}", doc, ["sandbox"], counter))
-            for name, field, doc, counter in SANDBOX_FAMILIES
+            key: (_family(f"sandbox_{name}", doc, ["sandbox"], counter))
+            for name, key, doc, counter in SANDBOX_FAMILIES
         }
         net = {
             key: _family(f"sandbox_{name}", doc, ["sandbox"], True)
@@ -328,13 +412,13 @@ class DaemonCollector:
             labels=["sandbox"],
         )
         seen_net: set[str] = set()
-        counters = self.sbx.network_counters(records)
+        counters = self.snap.counters
         for rec in records:
             stats = all_stats.get(rec.id)
             if stats is None:  # ended between the listing and the read
                 continue
-            for field, fam in (*fams.items(), *v2.items()):
-                value = stats.get(field)
+            for key, fam in (*fams.items(), *v2.items()):
+                value = stats.get(key)
                 if value is not None:
                     fam.add_metric([rec.id], value)
             for raw, value in counters.get(rec.id, {}).items():
@@ -364,8 +448,8 @@ class DaemonCollector:
         yield from (fam for key, fam in net.items() if key in seen_net)
 
     def _users(self, records: list[Any], stats: dict[str, Any]) -> Iterator[Metric]:
-        sbx = self.sbx
-        users = [u.name for u in sbx.store.list_users()]
+        snap = self.snap
+        users = snap.users
         running = GaugeMetricFamily(
             "sandboxd_user_sandboxes", "Running sandboxes, by kind.", labels=["user", "kind"]
         )
@@ -406,8 +490,8 @@ class DaemonCollector:
         for user in users:
             for kind, count in by_user[user].items():
                 running.add_metric([user, kind], count)
-            limit, _ = sbx.quota_for(user)
-            usage = sbx.usage(user)
+            limit = snap.quotas[user]
+            usage = snap.usage[user]
             for key, lim, use in (
                 ("sandboxes", limit.max_sandboxes, usage.sandboxes),
                 ("kernels", getattr(limit, "max_kernels", 0), usage.by_kind.get("kernel", 0)),
@@ -421,9 +505,7 @@ class DaemonCollector:
             for reason in sorted(reasons):
                 refusals.add_metric([user, reason], _refusals.get((user, reason), 0))
             ooms.add_metric([user], _oom_exited.get(user, 0) + live_ooms.get(user, 0))
-            level = None
-            with contextlib.suppress(Exception):
-                level = sbx.runtime.cgroups.user_pressure(user)
+            level = snap.user_pressure.get(user)
             for name, fam in v2.items():
                 if level and name in level:
                     fam.add_metric([user], level[name])
@@ -436,16 +518,16 @@ class DaemonCollector:
 
 
 class _Scrape:
-    """The static registry plus one daemon's collector, rendered together."""
+    """The static registry plus one snapshot's collector, rendered together."""
 
-    def __init__(self, sbx: Sandboxd) -> None:
-        self.daemon = DaemonCollector(sbx)
+    def __init__(self, snap: Snapshot) -> None:
+        self.daemon = DaemonCollector(snap)
 
     def collect(self) -> Iterator[Metric]:
         yield from REGISTRY.collect()
         yield from self.daemon.collect()
 
 
-def render(sbx: Sandboxd) -> bytes:
-    """The ``/metrics`` body for this daemon, computed now."""
-    return generate_latest(_Scrape(sbx))  # type: ignore[arg-type]
+def render(snap: Snapshot) -> bytes:
+    """The ``/metrics`` body for a filled snapshot (blocking: run it in a lane)."""
+    return generate_latest(_Scrape(snap))  # type: ignore[arg-type]

@@ -1,6 +1,9 @@
 """The daemon's core: users, admission, the sandbox lifecycle and recovery after a restart.
 
-HTTP handlers call this class and nothing below it; it calls the runtime and the state store.
+Lifecycle: ``create`` admits and records, then ``Runtime.start`` runs the ordered steps
+(network included); an exit is recorded at once and released in the background; ``remove``
+waits for that release, then deletes the log and the record. ``Runtime.release`` is the one
+teardown. Everything that blocks runs in a thread lane (``blocking``); the loop only waits.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import os
 import time
 from typing import Any
 
-from . import __version__, admission, metrics
+from . import __version__, admission, blocking, faults, metrics, volumes
 from .config import Config, Quota, parse_quota
 from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Refused, SandboxdError
-from .network.manager import NetworkManager
+from .network.manager import Attached, NetworkManager
+from .runtime import output
+from .runtime.plan import RunDir
 from .runtime.sandbox import Exit, LiveSandbox, Runtime
 from .spec import Limits, SandboxSpec
 from .state import SandboxRecord, Store, User
@@ -26,6 +31,8 @@ log = logging.getLogger("sandboxd")
 
 ACTIVE = ("created", "running")
 HOUSEKEEPING_SECONDS = 1.0
+AUTO_REMOVE_DELAY = 2.0  # seconds an auto-removed sandbox's exit stays readable
+LAG_TICK = 0.05
 
 
 def iso(ts: float | None) -> str | None:
@@ -46,13 +53,21 @@ class Sandboxd:
             config.tenant_uid_base,
             config.tenant_uid_count,
         )
+        self.networks = NetworkManager(lambda: self.config, self.store.db, self.store.connect())
         self.runtime = Runtime(
-            instance=config.instance, run_dir=config.run_dir, state_dir=config.state_dir
+            instance=config.instance,
+            run_dir=config.run_dir,
+            state_dir=config.state_dir,
+            networks=_RuntimeNetworks(self),
+            open_volumes=lambda spec: volumes.open_mounts(self.config, spec),
+            log_max_bytes=config.log_max_bytes,
+            log_rate=config.log_rate_bytes,
         )
-        self.networks = NetworkManager(lambda: self.config, self.store.db)
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[Any]] = []
         self.exit_listeners: list[Any] = []
+        self.releasing: dict[str, asyncio.Task[None]] = {}
+        self.joins: dict[str, tuple[str, str]] = {}  # sandbox → (target id, "pid:N")
 
     # start-up --------------------------------------------------------------------------------
 
@@ -78,45 +93,48 @@ class Sandboxd:
             spec = SandboxSpec.from_json(rec.spec)
             if rec.state == "created":
                 log.warning("removing %s: half-made when the daemon stopped", rec.id)
-                self.runtime.release(spec)
+                await self.runtime.release(spec)
+                await blocking.run(self.runtime.log_file(rec.id).remove)
                 self.store.delete_sandbox(rec.id)
                 continue
-            live = self.runtime.adopt(spec, rec.pid)
+            live = await self.runtime.adopt(spec, rec.pid)
             if live is None:
-                self._record_exit(spec, self.runtime.exit_of_lost(spec))
+                self._record_exit(spec, await self.runtime.exit_of_lost(spec))
             else:
                 live.on_exit.append(self._on_exit)
                 log.info("re-adopted %s (pid %s)", rec.id, rec.pid)
-        for user, sid in self.runtime.orphans(known):
+        for user, sid in await blocking.run(self.runtime.orphans, known):
             log.warning("removing leftover %s/%s", user, sid)
-            self.runtime.remove_orphan(user, sid)
-        self.networks.restore({r.id for r in self.store.list_sandboxes(states=("running",))})
+            await blocking.run(self.runtime.remove_orphan, user, sid)
+        running = {r.id for r in self.store.list_sandboxes(states=("running",))}
+        await blocking.run_net(self.networks.restore, running)
 
     def start_background(self) -> None:
-        self._tasks.append(asyncio.get_running_loop().create_task(self._housekeeping()))
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._housekeeping()))
+        self._tasks.append(loop.create_task(self._watch_loop()))
+
+    async def _watch_loop(self) -> None:
+        """The loop-lag histogram: how late a short sleep wakes is how long the loop was busy."""
+        loop = asyncio.get_running_loop()
+        while True:
+            began = loop.time()
+            await asyncio.sleep(LAG_TICK)
+            metrics.observe_loop_lag(max(0.0, loop.time() - began - LAG_TICK))
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self.runtime.launcher.close()  # it exits; the sandboxes it launched keep running
         self.store.close()
 
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
-                self._cap_logs()
                 await self._enforce_lifetimes()
             except Exception:
                 log.exception("housekeeping failed")
-
-    def _cap_logs(self) -> None:
-        cap = self.config.log_max_bytes
-        for sid in list(self.runtime.live):
-            for stream in ("stdout", "stderr"):
-                path = self.runtime.log_path(sid, stream)
-                with contextlib.suppress(OSError):
-                    if os.path.getsize(path) > cap:
-                        _keep_tail(path, cap // 2)
 
     async def _enforce_lifetimes(self) -> None:
         now = time.time()
@@ -171,9 +189,10 @@ class Sandboxd:
             raise Forbidden("the admin user cannot be removed", reason="admin")
         for rec in self.store.list_sandboxes(user=name):
             await self.remove(actor, rec.id, force=True)
-        self.networks.remove_user(name)
+        await blocking.run_net(self.networks.remove_user, name)
         self.store.remove_user(name)
-        self.runtime.cgroups.remove_user(name)
+        with contextlib.suppress(SandboxdError):
+            await blocking.run(self.runtime.cgroups.remove_user, name)
         self.store.audit(actor.name, "user-rm", name)
 
     def new_token(self, actor: User, name: str) -> str:
@@ -207,25 +226,28 @@ class Sandboxd:
             "source": source,
         }
 
-    def set_quota(self, actor: User, name: str, body: Any) -> dict[str, Any]:
+    async def set_quota(self, actor: User, name: str, body: Any) -> dict[str, Any]:
         _require_admin(actor)
         self.store.get_user(name)
         current, _ = self.quota_for(name)
         quota = parse_quota(body, "quota", current)
         self.store.set_quota(name, quota.to_json())
-        self._apply_user_limits(name, quota)
+        await self._apply_user_limits(name, quota)
         self.store.audit(actor.name, "quota-set", name, str(quota.to_json()))
         return self.quota_model(actor, name)
 
-    def reset_quota(self, actor: User, name: str) -> dict[str, Any]:
+    async def reset_quota(self, actor: User, name: str) -> dict[str, Any]:
         _require_admin(actor)
         self.store.delete_quota(name)
-        self._apply_user_limits(name, self.config.quota_for(name))
+        await self._apply_user_limits(name, self.config.quota_for(name))
         return self.quota_model(actor, name)
 
-    def _apply_user_limits(self, name: str, quota: Quota) -> None:
-        if any(u == name for u, _ in self.runtime.cgroups.list()):
-            self.runtime.cgroups.ensure_user(name, _user_limits(quota))
+    async def _apply_user_limits(self, name: str, quota: Quota) -> None:
+        def apply() -> None:
+            if any(u == name for u, _ in self.runtime.cgroups.list()):
+                self.runtime.cgroups.ensure_user(name, _user_limits(quota))
+
+        await blocking.run(apply)
 
     # sandboxes ---------------------------------------------------------------------------------
 
@@ -252,17 +274,22 @@ class Sandboxd:
         kind: str = "sandbox",
         owner: User | None = None,
         sid: str | None = None,
-        extra_dirs: tuple[str, ...] = (),
-        prepare: Any = None,
+        run_dirs: tuple[RunDir, ...] = (),
     ) -> tuple[SandboxRecord, LiveSandbox]:
         """Admit, record, build and start a sandbox; nothing is left behind if it fails."""
         owner = owner or self.owner_for(actor, body)
+        began = time.monotonic()
         try:
-            spec = admission.build_spec(body, owner, self.config, kind=kind, sid=sid)
+            spec = admission.build_spec(
+                body, owner, self.config, kind=kind, sid=sid, admin=actor.admin
+            )
             quota, _ = self.quota_for(owner.name)
             admission.check_quota(owner.name, quota, self.usage(owner.name), spec.limits, kind)
+            if spec.network.startswith("container:"):
+                self._resolve_join(spec)
         except Refused as exc:
             metrics.admission_refused(owner.name, exc.reason)
+            metrics.observe_start(kind, "refused", time.monotonic() - began)
             raise
         # the "created" record counts in usage() from here on; admission and the insert run
         # with no await between them, so concurrent starts cannot overshoot a quota
@@ -283,29 +310,25 @@ class Sandboxd:
             reason="",
         )
         self.store.insert_sandbox(rec)
-        began = time.monotonic()
+        faults.point("create:admitted")
         try:
-            attached = self.networks.attach(spec, self._find_running)
-            spec = dataclasses.replace(
-                spec, etc_hosts=attached.etc_hosts, etc_resolv=attached.etc_resolv
-            )
-            self.store.update_sandbox(spec.id, spec=json.dumps(spec.to_json()))
             live = await self.runtime.start(
-                spec,
-                user_limits=_user_limits(quota),
-                extra_dirs=extra_dirs,
-                prepare=prepare,
-                net=attached.plan,
+                spec, user_limits=_user_limits(quota), run_dirs=run_dirs
             )
-        except BaseException:
-            metrics.observe_start(kind, "failure", time.monotonic() - began)
-            self.networks.release(spec.id)
+        except BaseException as exc:
+            self.joins.pop(spec.id, None)
+            outcome = "refused" if isinstance(exc, Refused) else "failure"
+            metrics.observe_start(kind, outcome, time.monotonic() - began)
             self.store.delete_sandbox(spec.id)
             raise
+        self.joins.pop(spec.id, None)
         metrics.observe_start(kind, "success", time.monotonic() - began)
         rec.state, rec.pid, rec.started = "running", live.pid, live.started
         self.store.update_sandbox(spec.id, state="running", pid=live.pid, started=live.started)
+        faults.point("create:running")
         live.on_exit.append(self._on_exit)
+        if live.exited.done():  # ended before we listened
+            self._on_exit(live, live.exited.result())
         self.store.audit(actor.name, "create", spec.id, spec.name)
         return rec, live
 
@@ -313,6 +336,10 @@ class Sandboxd:
         self._record_exit(live.spec, result)
 
     def _record_exit(self, spec: SandboxSpec, result: Exit) -> None:
+        """Record the exit now; release the host objects in the background (``releasing``)."""
+        rec = self.store.get_sandbox(spec.id)
+        if rec is None or rec.state == "exited":
+            return
         self.store.update_sandbox(
             spec.id,
             state="exited",
@@ -321,28 +348,56 @@ class Sandboxd:
             reason=result.reason,
             finished=result.finished,
         )
-        metrics.sandbox_exited(self, spec, result)  # before the cgroup (and its OOM count) goes
-        with contextlib.suppress(SandboxdError):
-            self.runtime.cgroups.remove(spec.user, spec.id)
-        self._release_network(spec.id)
+        metrics.sandbox_exited(spec, result)
         for listener in self.exit_listeners:
-            with contextlib.suppress(Exception):
+            try:
                 listener(spec, result)
-        if spec.auto_remove:
-            asyncio.get_running_loop().call_later(2.0, self._auto_remove, spec)
+            except Exception:
+                log.exception("exit listener failed for %s", spec.id)
+        self.releasing[spec.id] = asyncio.get_running_loop().create_task(self._release(spec))
 
-    def _release_network(self, sid: str) -> None:
-        """Free the sandbox's network; sandboxes that joined it (container:<id>) end too."""
+    async def _release(self, spec: SandboxSpec) -> None:
         try:
-            joiners = self.networks.release(sid)
-        except SandboxdError as exc:
-            log.error("releasing the network of %s: %s", sid, exc.message)
-            return
-        for other in joiners:
-            live = self.runtime.live.get(other)
-            if live is not None and not live.stopping:
-                log.info("stopping %s: the sandbox whose network it joined ended", other)
-                asyncio.get_running_loop().create_task(self.runtime.stop(live, 0))
+            joiners = self.networks.view.joiners(spec.id)
+            await self.runtime.release(spec)
+            for other in joiners:
+                live = self.runtime.live.get(other)
+                if live is not None and not live.stopping:
+                    log.info("stopping %s: the sandbox whose network it joined ended", other)
+                    asyncio.get_running_loop().create_task(self.runtime.stop(live, 0))
+            if spec.auto_remove:
+                await asyncio.sleep(AUTO_REMOVE_DELAY)
+                await self._forget(spec)
+            else:
+                await self._enforce_retention(spec.user)
+        except Exception:
+            log.exception("releasing %s failed", spec.id)
+        finally:
+            self.releasing.pop(spec.id, None)
+
+    async def _forget(self, spec: SandboxSpec) -> None:
+        """The end of a sandbox's record: its log and its row (its host objects are gone)."""
+        await blocking.run(self.runtime.log_file(spec.id).remove)
+        self.store.delete_sandbox(spec.id)
+
+    async def _enforce_retention(self, user: str) -> None:
+        """Keep at most ``max_exited_per_user`` exited sandboxes per user; oldest go first."""
+        for old in self.store.exited_beyond(user, self.config.max_exited_per_user):
+            if old.id in self.releasing:
+                continue
+            log.info("removing exited sandbox %s of %s: retention limit", old.id, user)
+            await self._forget(SandboxSpec.from_json(old.spec))
+
+    def _resolve_join(self, spec: SandboxSpec) -> None:
+        """``network = container:<ref>``: find the running sandbox on the loop, before the net
+        lane needs it (the net lane does not touch the loop's state)."""
+        found = self._find_running(spec.user, spec.network.split(":", 1)[1])
+        if found is None:
+            raise NotFound(
+                f"network {spec.network}: no running sandbox of yours by that name",
+                reason="unknown-sandbox",
+            )
+        self.joins[spec.id] = found
 
     def _find_running(self, user: str, ref: str) -> tuple[str, str] | None:
         """(id, netns path) of a running sandbox of ``user``, for network container:<ref>."""
@@ -350,12 +405,7 @@ class Sandboxd:
         live = self.runtime.live.get(rec.id) if rec else None
         if rec is None or live is None:
             return None
-        return rec.id, f"/proc/{live.pid}/ns/net"
-
-    def _auto_remove(self, spec: SandboxSpec) -> None:
-        self._release_network(spec.id)
-        self.runtime.release(spec)
-        self.store.delete_sandbox(spec.id)
+        return rec.id, f"pid:{live.pid}"
 
     def lookup(self, actor: User, ref: str) -> SandboxRecord:
         rec = self.store.find_sandbox(ref, None if actor.admin else actor.name)
@@ -377,7 +427,7 @@ class Sandboxd:
             states=None if all_states else ACTIVE,
         )
 
-    def update_limits(self, actor: User, ref: str, body: Any) -> SandboxRecord:
+    async def update_limits(self, actor: User, ref: str, body: Any) -> SandboxRecord:
         """Change cpus / memory / pids of a running sandbox, within its profile and the quota."""
         rec = self.lookup(actor, ref)
         if rec.id not in self.runtime.live:
@@ -402,7 +452,7 @@ class Sandboxd:
         usage.cpus -= old.cpus or 0.0
         quota, _ = self.quota_for(rec.user)
         admission.check_quota(rec.user, quota, usage, new)
-        self.runtime.cgroups.update(rec.user, rec.id, new)
+        await blocking.run(self.runtime.cgroups.update, rec.user, rec.id, new)
         spec = dataclasses.replace(spec, limits=new)
         self.store.update_sandbox(rec.id, spec=json.dumps(spec.to_json()))
         live = self.runtime.live.get(rec.id)
@@ -428,9 +478,14 @@ class Sandboxd:
                     f"sandbox {rec.id} is running; stop it or use force", reason="running"
                 )
             await self.runtime.stop(live, 0)
-        self._release_network(rec.id)
-        self.runtime.release(SandboxSpec.from_json(rec.spec))
-        self.store.delete_sandbox(rec.id)
+        faults.point("remove:stopped")
+        task = self.releasing.get(rec.id)
+        if task is not None:
+            await asyncio.shield(task)
+        spec = SandboxSpec.from_json(rec.spec)
+        await self.runtime.release(spec)
+        faults.point("remove:released")
+        await self._forget(spec)
         self.store.audit(actor.name, "remove", rec.id)
 
     async def wait(self, actor: User, ref: str) -> dict[str, Any]:
@@ -446,33 +501,36 @@ class Sandboxd:
         rec = self.lookup(actor, rec.id)
         return {"exit_code": rec.exit_code, "oom_killed": rec.oom_killed, "reason": rec.reason}
 
-    def logs(self, actor: User, ref: str, tail: int | None = None) -> dict[str, Any]:
+    async def log_records(self, rec: SandboxRecord) -> list[output.Record]:
+        """Every kept output record of a sandbox (live: including what is not on disk yet)."""
+        live = self.runtime.live.get(rec.id)
+        if live is not None:
+            return await live.pump.snapshot(lambda r: None)
+        return await blocking.run(self.runtime.log_file(rec.id).read)
+
+    async def logs(self, actor: User, ref: str, tail: int | None = None) -> dict[str, Any]:
         rec = self.lookup(actor, ref)
-        out: dict[str, Any] = {"truncated": False}
-        for stream in ("stdout", "stderr"):
-            try:
-                with open(self.runtime.log_path(rec.id, stream), "rb") as fh:
-                    data = fh.read()
-            except OSError:
-                data = b""
-            text = data.decode(errors="replace")
-            if tail is not None:
-                text = "\n".join(text.splitlines()[-tail:]) + ("\n" if text else "")
-            out[stream] = text
-        return out
+        records = await self.log_records(rec)
+        return await blocking.run(_logs_model, records, tail)
 
     def raw_stats(self, rec: SandboxRecord) -> dict[str, Any] | None:
-        if rec.id not in self.runtime.live:
-            return None
+        """cgroup counters of a running sandbox (blocking: cgroupfs reads; call in a lane)."""
         try:
             stats = self.runtime.cgroups.stats(rec.user, rec.id)
         except SandboxdError:
             return None
         return dict(stats.__dict__)
 
-    def network_counters(self, records: list[SandboxRecord]) -> dict[str, dict[str, Any]]:
+    async def stats_of(self, records: list[SandboxRecord]) -> dict[str, dict[str, Any] | None]:
+        live = [r for r in records if r.id in self.runtime.live]
+        return await blocking.run(lambda: {r.id: self.raw_stats(r) for r in live})
+
+    async def network_counters(self, records: list[SandboxRecord]) -> dict[str, dict[str, Any]]:
         """rx/tx counters of each record's veth, by sandbox id; none for sandboxes without one."""
-        return self.networks.counters({r.id for r in records})
+        links = self.networks.links_of({r.id for r in records})
+        if not links:
+            return {}
+        return await blocking.run(self.networks.counters, links)
 
     def model(self, rec: SandboxRecord) -> dict[str, Any]:
         spec = rec.spec
@@ -502,6 +560,48 @@ class Sandboxd:
             "network_settings": self.networks.describe(rec.id),
         }
 
+    async def metrics_body(self) -> bytes:
+        """The ``/metrics`` page: a snapshot on the loop, reads and rendering in the io lane."""
+        records = [
+            r for r in self.store.list_sandboxes(states=("running",)) if r.id in self.runtime.live
+        ]
+        users = [u.name for u in self.store.list_users()]
+        overrides = self.store.all_quotas()
+        quotas = {
+            u: parse_quota(overrides[u], f"quota of {u}", self.config.quota_for(u))
+            if u in overrides
+            else self.config.quota_for(u)
+            for u in users
+        }
+        usage: dict[str, admission.Usage] = {u: admission.Usage() for u in users}
+        for rec in self.store.list_sandboxes(states=ACTIVE):
+            usage.setdefault(rec.user, admission.Usage()).add(
+                Limits.from_json(rec.spec["limits"]), rec.kind
+            )
+        snap = metrics.Snapshot(
+            records=records,
+            users=users,
+            quotas=quotas,
+            usage=usage,
+            instance=self.config.instance,
+            cgroup_version=self.runtime.cgroups.version,
+            started_at=self.started_at,
+        )
+        links = self.networks.links_of({r.id for r in records})
+        metrics.observe_lanes(blocking.depth())
+
+        def fill_and_render() -> bytes:
+            snap.stats = {r.id: self.raw_stats(r) for r in records}
+            snap.counters = NetworkManager.counters(links) if links else {}
+            for user in users:
+                with contextlib.suppress(SandboxdError, OSError):
+                    level = self.runtime.cgroups.user_pressure(user)
+                    if level:
+                        snap.user_pressure[user] = level
+            return metrics.render(snap)
+
+        return await blocking.run(fill_and_render)
+
     def status(self) -> dict[str, Any]:
         return {
             "version": __version__,
@@ -530,11 +630,26 @@ def _user_limits(quota: Quota) -> Limits:
     return Limits(cpus=quota.cpus, memory=quota.memory)
 
 
-def _keep_tail(path: str, keep: int) -> None:
-    """copytruncate: keep the last ``keep`` bytes; the writer's O_APPEND follows the new end."""
-    with open(path, "r+b") as fh:
-        fh.seek(-keep, os.SEEK_END)
-        tail = fh.read()
-        fh.seek(0)
-        fh.truncate()
-        fh.write(b"[... earlier output dropped: log size limit ...]\n" + tail)
+def _logs_model(records: list[output.Record], tail: int | None) -> dict[str, Any]:
+    """``{"stdout", "stderr", "truncated"}`` from the kept records (``tail``: last lines)."""
+    out: dict[str, Any] = {"truncated": bool(records) and records[0].seq > 1}
+    for name, code in output.STREAMS.items():
+        text = b"".join(r.data for r in records if r.stream == code).decode(errors="replace")
+        if tail is not None:
+            text = "\n".join(text.splitlines()[-tail:]) + ("\n" if text and tail else "")
+        out[name] = text
+    return out
+
+
+class _RuntimeNetworks:
+    """The network manager as the runtime's network step sees it (run on the net lane)."""
+
+    def __init__(self, sbx: Sandboxd) -> None:
+        self.sbx = sbx
+
+    def attach(self, spec: SandboxSpec) -> Attached:
+        joins = self.sbx.joins
+        return self.sbx.networks.attach(spec, lambda user, ref: joins.get(spec.id))
+
+    def release(self, sid: str) -> list[str]:
+        return self.sbx.networks.release(sid)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -51,11 +51,25 @@ class Limits:
 
 @dataclass(frozen=True)
 class Volume:
-    """A host directory bound into the sandbox (already resolved and checked)."""
+    """What to bind at ``container``: the owner's volume ``name`` (and ``subpath`` in it), or an
+    admin's ``host`` path. Only a description: the source is opened by fd at start and checked
+    there (``sandboxd/volumes.py``), never trusted from here."""
 
-    host: str
     container: str
     read_only: bool = False
+    name: str = ""
+    subpath: str = ""
+    host: str = ""
+
+    @property
+    def source(self) -> str:
+        if self.host:
+            return self.host
+        return f"{self.name}/{self.subpath}" if self.subpath else self.name
+
+    def text(self) -> str:
+        """The ``-v`` form, as a user would write it."""
+        return f"{self.source}:{self.container}" + (":ro" if self.read_only else "")
 
 
 @dataclass(frozen=True)
@@ -81,8 +95,6 @@ class SandboxSpec:
     lifetime: float | None = None  # seconds; None = no limit
     labels: tuple[tuple[str, str], ...] = ()
     ports: tuple[str, ...] = ()  # published ports, "[HOSTIP:]HOSTPORT:CTRPORT/PROTO"
-    etc_hosts: str = ""  # /etc/hosts of the sandbox ("" = the rootfs default)
-    etc_resolv: str | None = None  # /etc/resolv.conf of the sandbox (None = the image's)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -91,9 +103,11 @@ class SandboxSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxSpec:
-        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # records of older versions
         data["limits"] = Limits.from_json(data.get("limits", {}))
         data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
+        data["ports"] = tuple(data.get("ports", ()))
         data["command"] = tuple(data["command"])
         data["env"] = tuple(tuple(pair) for pair in data.get("env", ()))
         data["labels"] = tuple(tuple(pair) for pair in data.get("labels", ()))

@@ -1,7 +1,10 @@
-"""SQLite state: users, tokens, sandboxes, live quota changes and an audit log.
+"""SQLite state: users, tokens, sandboxes, kernels, live quota changes and an audit log.
 
-One connection, used from the daemon's event loop only (writes are small and local). Runtime
-files of a sandbox live under the run dir; this database is what survives a restart.
+The loop's connection (``Store.db``) serves the event loop: every statement is a small indexed
+read or write. The network manager changes its tables on the net lane through a connection of
+its own (``connect()``); WAL lets them work side by side, and ``busy_timeout`` covers the rare
+moment both write. Runtime files live under the run dir; this database survives a restart.
+A kernel's HMAC key lives here, never read back from the tenant's side.
 """
 
 from __future__ import annotations
@@ -46,6 +49,16 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     oom_killed INTEGER NOT NULL DEFAULT 0,
     reason TEXT NOT NULL DEFAULT '',
     UNIQUE (user, name)
+);
+CREATE TABLE IF NOT EXISTS kernels (
+    id TEXT PRIMARY KEY,
+    sandbox TEXT NOT NULL,
+    user TEXT NOT NULL,
+    creator TEXT NOT NULL,
+    kernelspec TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request TEXT NOT NULL,
+    created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS quotas (
     user TEXT PRIMARY KEY,
@@ -112,15 +125,22 @@ class Store:
 
     def __init__(self, path: str, uid_base: int, uid_count: int) -> None:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
+        self.path = path
+        self.db = self.connect()
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
         os.chmod(path, 0o600)
         self.uid_base = uid_base
         self.uid_count = uid_count
+
+    def connect(self) -> sqlite3.Connection:
+        """A connection to the same database, for one other thread."""
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
 
     def close(self) -> None:
         self.db.close()
@@ -271,6 +291,43 @@ class Store:
             args.extend(states)
         return [self._record(r) for r in self.db.execute(query + " ORDER BY created", args)]
 
+    def exited_beyond(self, user: str, keep: int) -> list[SandboxRecord]:
+        """The user's exited sandboxes past the ``keep`` newest, oldest first (to remove)."""
+        rows = self.db.execute(
+            "SELECT * FROM sandboxes WHERE user = ? AND state = 'exited' "
+            "ORDER BY finished DESC, created DESC LIMIT -1 OFFSET ?",
+            (user, keep),
+        ).fetchall()
+        return [self._record(r) for r in reversed(rows)]
+
+    # kernels ---------------------------------------------------------------------------
+
+    def put_kernel(self, row: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO kernels VALUES (?,?,?,?,?,?,?,?)",
+            (
+                row["id"],
+                row["sandbox"],
+                row["user"],
+                row["creator"],
+                row["kernelspec"],
+                row["key"],
+                json.dumps(row["request"]),
+                row.get("created", time.time()),
+            ),
+        )
+
+    def kernels(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self.db.execute("SELECT * FROM kernels ORDER BY created"):
+            row = dict(r)
+            row["request"] = json.loads(row["request"])
+            out.append(row)
+        return out
+
+    def delete_kernel(self, kernel_id: str) -> None:
+        self.db.execute("DELETE FROM kernels WHERE id = ?", (kernel_id,))
+
     # quotas and audit ----------------------------------------------------------------------
 
     def set_quota(self, user: str, data: dict[str, Any]) -> None:
@@ -279,6 +336,9 @@ class Store:
     def get_quota(self, user: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT data FROM quotas WHERE user = ?", (user,)).fetchone()
         return json.loads(row[0]) if row else None
+
+    def all_quotas(self) -> dict[str, dict[str, Any]]:
+        return {r[0]: json.loads(r[1]) for r in self.db.execute("SELECT user, data FROM quotas")}
 
     def delete_quota(self, user: str) -> None:
         self.db.execute("DELETE FROM quotas WHERE user = ?", (user,))

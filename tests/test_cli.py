@@ -132,3 +132,43 @@ def test_quota_get_set(daemon: Daemon) -> None:
 def test_bad_token_is_one_clear_line(daemon: Daemon) -> None:
     r = ctl(daemon, "ps", token="wrong")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "token" in r.stderr
+
+
+def test_volume_commands_and_named_binds(daemon: Daemon) -> None:
+    alice = daemon.user("alice")
+    r = ctl(daemon, "volume", "create", "clivol", token=alice.token)
+    assert r.returncode == 0 and r.stdout.strip() == "clivol", r.stderr
+    listed = json.loads(ctl(daemon, "volume", "ls", "--json", token=alice.token).stdout)
+    mine = [v for v in listed if v["name"] == "clivol"]
+    assert mine and mine[0]["user"] == "alice" and mine[0]["mode"] == "0700"
+    table = ctl(daemon, "volume", "ls", token=alice.token).stdout
+    assert table.splitlines()[0].split()[:2] == ["NAME", "USER"] and "clivol" in table
+    r = ctl(
+        daemon,
+        "run",
+        "--rm",
+        "-v",
+        "clivol:/d",
+        "--",
+        "sh",
+        "-c",
+        "echo hi > /d/f",
+        token=alice.token,
+    )
+    assert r.returncode == 0, r.stderr
+    r = ctl(daemon, "run", "--rm", "-v", "clivol/f:/f:ro", "--", "cat", "/f", token=alice.token)
+    assert r.returncode == 0 and r.stdout == "hi\n", r.stderr
+    # another user cannot name it: bob's "clivol" is his own (made empty), not alice's
+    bob = daemon.user("bob")
+    r = ctl(daemon, "run", "--rm", "-v", "clivol/f:/f", "--", "cat", "/f", token=bob.token)
+    assert r.returncode == 125 and "does not exist" in r.stderr
+    host = mine[0]["host"]
+    r = ctl(daemon, "run", "--rm", "-v", f"{host}:/x", "--", "true", token=bob.token)
+    assert r.returncode == 125 and "host-path-denied" in r.stderr
+    inspected = json.loads(ctl(daemon, "volume", "inspect", "clivol", token=alice.token).stdout)
+    assert inspected[0]["host"] == host
+    r = ctl(daemon, "volume", "rm", "clivol", token=alice.token)
+    assert r.returncode == 0, r.stderr
+    r = ctl(daemon, "volume", "inspect", "clivol", token=alice.token)
+    assert r.returncode == 1 and "unknown-volume" in r.stdout
+    ctl(daemon, "volume", "rm", "clivol", token=bob.token)

@@ -10,7 +10,7 @@ import shutil
 import sys
 
 import pytest
-from conftest import PYTHON, ROOT, VOLUME_ROOT, Client, Daemon
+from conftest import PYTHON, ROOT, Client, Daemon
 from helpers import host_pids, probe_path, sh, status_field
 from test_seccomp import EPERM_PROBES
 
@@ -88,12 +88,13 @@ def test_hostname_is_the_sandbox_name(alice: Client) -> None:
 
 
 @pytest.fixture(scope="module")
-def probe_volume() -> str:
-    directory = os.path.join(VOLUME_ROOT, "probe")
-    os.makedirs(directory, exist_ok=True)
-    shutil.copy(probe_path(), directory)
-    os.chmod(directory, 0o755)
-    return directory
+def probe_volume(daemon: Daemon) -> str:
+    """alice's volume ``probe`` holding the syscall probe (a user binds only her own)."""
+    alice = daemon.user("alice")
+    model = alice.call("PUT", "/api/users/alice/volumes/probe")
+    shutil.copy(probe_path(), model["host"])
+    os.chown(os.path.join(model["host"], "syscall_probe.py"), model["uid"], model["uid"])
+    return "probe"
 
 
 def test_denied_syscalls_fail_inside(alice: Client, probe_volume: str) -> None:
@@ -207,14 +208,12 @@ def test_rlimits(alice: Client) -> None:
 
 
 def test_volume_read_only_and_read_write(alice: Client) -> None:
-    rw = os.path.join(VOLUME_ROOT, "alice-rw")
-    os.makedirs(rw, exist_ok=True)
+    rw = alice.call("PUT", "/api/users/alice/volumes/alice-rw")["host"]
     uid = alice.call("GET", "/api/whoami")["uid"]
-    os.chown(rw, uid, uid)
     code, out, _ = sh(
         alice,
         "echo hello > /data/f && cat /data/f; ( echo x > /ro/g ) 2>&1",
-        volumes=[f"{rw}:/data", f"{rw}:/ro:ro"],
+        volumes=["alice-rw:/data", "alice-rw:/ro:ro"],
     )
     assert out.splitlines()[0] == "hello"
     assert "Read-only" in out

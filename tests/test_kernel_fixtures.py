@@ -98,7 +98,7 @@ def kd(request: pytest.FixtureRequest) -> Iterator[Daemon]:
     write_kernelspec(ksdir, "python3-cullbusy", "cullbusy")
     write_kernelspec(ksdir, "python3-small", "small")
     write_kernelspec(ksdir, "python3-net", "net")
-    write_kernelspec(ksdir, "python3-vol", "default", [f"{vol}/{{user}}:/home/jovyan/work"])
+    write_kernelspec(ksdir, "python3-vol", "default", ["work:/home/jovyan/work"])
     d = make_daemon(instance, config(ksdir, vol))
     d.volume_root = vol  # type: ignore[attr-defined]
     d.start()

@@ -55,3 +55,28 @@ def test_kernel_is_readopted_after_sigkill(kernel_daemon: Daemon) -> None:
         ws.close()
     alice.call("DELETE", f"/api/kernels/{kernel['id']}", expect=204)
     assert alice.request("GET", f"/api/sandboxes/{sandbox}").status_code == 404
+
+
+def test_readopted_kernel_keeps_its_creator_and_limits(kernel_daemon: Daemon) -> None:
+    """A Hub's service token that started alice's kernel still manages it after a restart,
+    and the kernel's limits (KERNEL_MEMORY) survive into a restart of the kernel."""
+    from conftest import Client
+
+    hub_body = kernel_daemon.admin.call("POST", "/api/users", json={"name": "hub", "service": True})
+    hub = Client(kernel_daemon.url, hub_body["token"])
+    alice = kernel_daemon.user("alice")
+    kernel = start_kernel(hub, KERNEL_USERNAME="alice", KERNEL_MEMORY="300m")
+    sandbox = hub.call("GET", f"/api/kernels/{kernel['id']}")["sandbox"]
+    assert alice.call("GET", f"/api/sandboxes/{sandbox}")["limits"]["memory"] == 300 << 20
+
+    kernel_daemon.kill(signal.SIGKILL)
+    kernel_daemon.start()
+
+    assert hub.call("GET", f"/api/kernels/{kernel['id']}")["user"] == "alice"
+    assert kernel["id"] in [k["id"] for k in hub.call("GET", "/api/kernels")]
+    restarted = hub.call("POST", f"/api/kernels/{kernel['id']}/restart")
+    assert restarted["sandbox"] != sandbox
+    assert alice.call("GET", f"/api/sandboxes/{restarted['sandbox']}")["limits"]["memory"] == (
+        300 << 20
+    )
+    hub.call("DELETE", f"/api/kernels/{kernel['id']}", expect=204)

@@ -137,8 +137,9 @@ def test_service_token_acts_for_kernel_username(kd: Daemon) -> None:  # noqa: F8
     hub_body = kd.admin.call("POST", "/api/users", json={"name": "hub", "service": True})
     hub = Client(kd.url, hub_body["token"])
     carol = kd.user("carol")
-    os.makedirs(os.path.join(kd.volume_root, "carol", "sub"), exist_ok=True)  # type: ignore[attr-defined]
-    os.chown(os.path.join(kd.volume_root, "carol"), carol.call("GET", "/api/whoami")["uid"], -1)  # type: ignore[attr-defined]
+    work = carol.call("PUT", "/api/users/carol/volumes/work")
+    os.makedirs(os.path.join(work["host"], "sub"), exist_ok=True)
+    os.chown(os.path.join(work["host"], "sub"), work["uid"], work["uid"])
     kernel = start_kernel(
         hub, "python3-vol", KERNEL_USERNAME="carol", KERNEL_WORKING_DIR="/home/jovyan/work/sub"
     )

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import ROOT, SANDBOXCTL, VOLUME_ROOT, Client, Daemon, free_port
+from conftest import ROOT, SANDBOXCTL, Client, Daemon, free_port
 
 from sandboxd import metrics
 
@@ -76,7 +76,11 @@ def prom(daemon: Daemon) -> Iterator[Prometheus]:
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": RULES,
         "scrape_configs": [
-            {"job_name": "sandboxd", "static_configs": [{"targets": [daemon.url.split("//")[1]]}]}
+            {
+                "job_name": "sandboxd",
+                "authorization": {"credentials": daemon.admin.token},
+                "static_configs": [{"targets": [daemon.url.split("//")[1]]}],
+            }
         ],
     }
     path = os.path.join(tmp, "prometheus.yml")
@@ -122,8 +126,7 @@ def prom(daemon: Daemon) -> Iterator[Prometheus]:
 def workload(daemon: Daemon, prom: Prometheus) -> Iterator[dict[str, Any]]:
     """User ``mona``: a CPU burner, a 96 MiB holder and an O_DIRECT writer, all kept running."""
     mona = daemon.user("mona")
-    vol = tempfile.mkdtemp(prefix="metrics-", dir=VOLUME_ROOT)
-    os.chmod(vol, 0o777)
+    mona.call("PUT", "/api/users/mona/volumes/metrics")
     made: list[str] = []
     try:
         burner = mona.run(["python3", "-c", "while True: pass"], cpus=0.5, name="burner")
@@ -146,7 +149,7 @@ def workload(daemon: Daemon, prom: Prometheus) -> Iterator[dict[str, Any]]:
                 "dd if=/dev/zero of=/data/f bs=1M count=16 oflag=direct"
                 " && echo written && exec sleep 3600",
             ],
-            volumes=[f"{vol}:/data"],
+            volumes=["metrics:/data"],
             name="writer",
         )
         made.append(writer["id"])
@@ -162,10 +165,13 @@ def workload(daemon: Daemon, prom: Prometheus) -> Iterator[dict[str, Any]]:
     finally:
         for sid in made:
             mona.call("DELETE", f"/api/sandboxes/{sid}?force=1")
-        shutil.rmtree(vol, ignore_errors=True)
+        mona.call("DELETE", "/api/users/mona/volumes/metrics?force=1")
 
 
-def scrape(daemon: Daemon, **kw: Any) -> requests.Response:
+def scrape(daemon: Daemon, auth: bool = True, **kw: Any) -> requests.Response:
+    """GET /metrics, by default with the admin token (the page is not public by default)."""
+    if auth and "headers" not in kw:
+        kw["headers"] = {"Authorization": f"token {daemon.admin.token}"}
     return requests.get(daemon.url + "/metrics", timeout=10, **kw)
 
 
@@ -207,8 +213,26 @@ def test_promtool_check_rules_and_config() -> None:
     assert len(RULES) == 2
     check = subprocess.run([PROMTOOL, "check", "rules", *RULES], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    config = os.path.join(ROOT, "deploy", "prometheus", "prometheus.yml")
-    check = subprocess.run([PROMTOOL, "check", "config", config], capture_output=True, text=True)
+    # the shipped config, as shipped, next to a token file where it expects one
+    shipped = os.path.join(ROOT, "deploy", "prometheus", "prometheus.yml")
+    with open(shipped) as fh:
+        text = fh.read()
+    tmp = tempfile.mkdtemp(prefix="sbxt-promcfg-")
+    try:
+        token_file = os.path.join(tmp, "sandboxd-metrics-token")
+        with open(token_file, "w") as fh:
+            fh.write("t0ken\n")
+        for rules in RULES:
+            shutil.copy(rules, tmp)
+        config = os.path.join(tmp, "prometheus.yml")
+        with open(config, "w") as fh:
+            fh.write(text.replace("/etc/prometheus/sandboxd-metrics-token", token_file))
+        assert text.count("/etc/prometheus/sandboxd-metrics-token") == 1
+        check = subprocess.run(
+            [PROMTOOL, "check", "config", config], capture_output=True, text=True
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -509,12 +533,13 @@ def test_metrics_token(daemon: Daemon) -> None:
     token = "m3trics-" + os.urandom(8).hex()
     mona = daemon.user("mona")
     try:
+        assert scrape(daemon, auth=False).status_code == 401  # not public by default
         _reload(
             daemon,
             f'metrics_token = "{token}"\n' + original,
-            lambda: scrape(daemon).status_code == 401,
+            lambda: scrape(daemon, headers={"Authorization": f"Bearer {token}"}).status_code == 200,
         )
-        assert scrape(daemon).json()["reason"] == "no-token"
+        assert scrape(daemon, auth=False).json()["reason"] == "no-token"
         assert scrape(daemon, headers={"Authorization": "Bearer wrong"}).status_code == 401
         user = scrape(daemon, headers={"Authorization": f"token {mona.token}"})
         assert user.status_code == 403 and user.json()["reason"] == "not-admin"
@@ -526,8 +551,13 @@ def test_metrics_token(daemon: Daemon) -> None:
             daemon.url + "/api/sandboxes", headers={"Authorization": f"Bearer {token}"}, timeout=10
         )
         assert api.status_code == 401
+        _reload(
+            daemon,
+            "metrics_public = true\n" + original,
+            lambda: scrape(daemon, auth=False).status_code == 200,
+        )
     finally:
-        _reload(daemon, original, lambda: scrape(daemon).status_code == 200)
+        _reload(daemon, original, lambda: scrape(daemon, auth=False).status_code == 401)
 
 
 def test_top_renders_sorted() -> None:

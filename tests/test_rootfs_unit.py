@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from sandboxd.errors import InvalidRequest
+from sandboxd.errors import Forbidden, InvalidRequest
 from sandboxd.runtime import rootfs
 
 
@@ -24,21 +24,33 @@ def test_skeleton_keeps_tmp_world_writable_when_an_env_lives_under_tmp(tmp_path)
         assert "jovyan:x:1000:1000" in fh.read()
 
 
-def test_volume_rules(tmp_path) -> None:
-    root = tmp_path / "vols"
-    (root / "alice").mkdir(parents=True)
-    os.symlink("/etc", root / "out")
-    allowed = (str(root),)
-    vol = rootfs.resolve_volume(f"{root}/alice:/data:ro", allowed)
-    assert vol.read_only and vol.container == "/data"
+def test_volume_syntax() -> None:
+    vol = rootfs.parse_volume("work/notes:/data:ro")
+    assert (vol.name, vol.subpath, vol.container, vol.read_only) == ("work", "notes", "/data", True)
+    assert vol.text() == "work/notes:/data:ro" and not vol.host
+    host = rootfs.parse_volume("/srv/data/:/x/")
+    assert host.host == "/srv/data" and host.container == "/x" and not host.read_only
     for bad in (
-        f"{root}/out:/x",
-        "/etc:/x",
-        f"{root}/../x:/x",
-        f"{root}/alice:rel",
-        f"{root}/alice:/proc",
-        f"{root}/alice:/x:rwx",
+        "work:rel",
+        "work:/proc",
+        "work:/proc/sys",
+        "work:/dev",
+        "work:/sys",
+        "work:/etc",
+        "work:/etc/hosts",
+        "work:/run/kernel",
+        "work:/run/kernel/connection.json",
+        "work:/run",
+        "work:/",
+        "work:/x:rwx",
+        "work:/x/../etc",
         "nocolon",
+        "bad name:/x",
+        ":/x",
     ):
         with pytest.raises(InvalidRequest):
-            rootfs.resolve_volume(bad, allowed)
+            rootfs.parse_volume(bad)
+    for dotdot in ("../alice/work:/x", "/srv/../etc:/x", "work/../../bob:/x"):
+        with pytest.raises(Forbidden):
+            rootfs.parse_volume(dotdot)
+    assert rootfs.parse_volume("work:/run/other").container == "/run/other"

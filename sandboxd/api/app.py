@@ -13,6 +13,7 @@ from .base import NotFoundHandler
 from .metrics import MetricsHandler, log_request
 
 REF = r"([A-Za-z0-9_.-]+)"
+WEBSOCKET_MAX_MESSAGE = 16 << 20  # one frame from a client (a Jupyter message with buffers)
 USER = r"([a-z0-9][a-z0-9_.-]*)"
 
 
@@ -40,12 +41,15 @@ def routes() -> list[tuple[str, Any]]:
     ]
 
 
-def make_app(sbx: Sandboxd, extra_routes: list[tuple[str, Any]] | None = None) -> web.Application:
+async def make_app(
+    sbx: Sandboxd, extra_routes: list[tuple[str, Any]] | None = None
+) -> web.Application:
     return web.Application(
         metrics.instrument_routes((extra_routes or []) + routes()),
         sandboxd=sbx,
-        kernels=kernels.setup(sbx),
+        kernels=await kernels.setup(sbx),
         log_function=log_request,
         default_handler_class=NotFoundHandler,
         websocket_ping_interval=30,
+        websocket_max_message_size=WEBSOCKET_MAX_MESSAGE,
     )

@@ -1,4 +1,12 @@
-"""Shared handler behaviour: token auth, JSON bodies, and errors as ``{"reason", "message"}``."""
+"""Shared handler behaviour: token auth, bounded JSON bodies, errors as ``{"reason", "message"}``.
+
+Every handler streams its request body (``stream_request_body``), so ``prepare`` runs on the
+headers alone: a body whose Content-Length is over the limit gets 413 (and the connection
+closes) before a byte of it is read, whoever sends it; reading stops at the limit for a chunked
+body too (tornado closes it). The token is checked by each method (``current``), once the
+bounded body is in: answering from ``prepare`` would drop the client's keep-alive connection.
+URIs in logs have their tokens redacted.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,8 @@ from typing import Any
 
 from tornado import web
 
-from ..errors import InvalidRequest, SandboxdError, Unauthorized
+from .. import metrics
+from ..errors import InvalidRequest, PayloadTooLarge, SandboxdError, Unauthorized
 from ..service import Sandboxd
 from ..state import User
 
@@ -24,12 +33,47 @@ def token_from(request: Any) -> str | None:
     return token[0].decode() if token else None
 
 
+def summary(request: Any) -> str:
+    """Tornado's request summary, with tokens redacted (it goes into warnings and errors)."""
+    from .metrics import redacted_uri
+
+    return f"{request.method} {redacted_uri(request.uri or '')} ({request.remote_ip})"
+
+
+@web.stream_request_body
 class BaseHandler(web.RequestHandler):
     """JSON API handler: every error leaves as JSON with the status of its class."""
+
+    public = False  # True: no token needed (documented; the authorization matrix test reads it)
+    body_limit: int | None = None  # bytes; None: the config's max_request_body
+    actor: User | None = None
 
     @property
     def sbx(self) -> Sandboxd:
         return self.settings["sandboxd"]
+
+    def _request_summary(self) -> str:
+        return summary(self.request)
+
+    def max_body(self) -> int:
+        return self.body_limit or self.sbx.config.max_request_body
+
+    def prepare(self) -> None:
+        """Before the body: refuse one that is too large, and cap what will be read."""
+        limit = self.max_body()
+        self._chunks: list[bytes] = []
+        length = self.request.headers.get("Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            self.set_header("Connection", "close")  # the body stays unread
+            if not length.isdigit():
+                raise InvalidRequest("Content-Length: not a number", reason="bad-request")
+            metrics.resource_refusal("body-too-large")
+            raise PayloadTooLarge(f"the request body is {int(length)} bytes; the limit is {limit}")
+        if self.request.connection is not None:
+            self.request.connection.set_max_body_size(limit)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
 
     def check_xsrf_cookie(self) -> None:  # token-authenticated API, no cookies
         return None
@@ -39,6 +83,8 @@ class BaseHandler(web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
 
     def current(self) -> User:
+        if self.actor is not None:
+            return self.actor
         user = self.sbx.authenticate(token_from(self.request))
         if user is None:
             header = self.request.headers.get("Authorization") or self.get_query_argument(
@@ -50,11 +96,15 @@ class BaseHandler(web.RequestHandler):
             )
         return user
 
+    def raw_body(self) -> bytes:
+        return b"".join(getattr(self, "_chunks", ()))
+
     def body(self) -> Any:
-        if not self.request.body:
+        raw = self.raw_body()
+        if not raw:
             return {}
         try:
-            return json.loads(self.request.body)
+            return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidRequest(f"malformed JSON body: {exc}", reason="malformed-json") from None
 
@@ -92,7 +142,11 @@ class BaseHandler(web.RequestHandler):
 
 
 class NotFoundHandler(BaseHandler):
-    def prepare(self) -> None:
+    public = True
+
+    def _no_endpoint(self, *args: Any, **kwargs: Any) -> None:
         from ..errors import NotFound
 
         raise NotFound(f"no such endpoint: {self.request.path}", reason="no-endpoint")
+
+    get = post = put = patch = delete = head = options = _no_endpoint

@@ -10,25 +10,26 @@ import mimetypes
 from typing import Any
 
 from tornado import websocket
+from tornado.iostream import StreamBufferFullError
 
-from ..errors import NotFound, SandboxdError
+from .. import blocking, metrics
+from ..errors import SandboxdError
 from ..kernels import culler, specs, wire
 from ..kernels.bridge import ClientConnection
 from ..kernels.manager import Kernel, KernelManager
 from ..service import Sandboxd
-from .base import BaseHandler, token_from
+from .base import BaseHandler, summary, token_from
 
 KERNEL_ID = r"(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)"
+WRITE_BUFFER = 16 << 20  # bytes queued for one slow client before it is closed
+MAX_RESOURCE = 1 << 20  # a kernelspec's logo or other resource file
 
 
-def setup(sbx: Sandboxd) -> KernelManager:
+async def setup(sbx: Sandboxd) -> KernelManager:
     """The kernel manager of a daemon: adopts running kernels and starts the culler."""
     manager = KernelManager(sbx)
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return manager
-    manager.recover()
+    await manager.recover()
+    loop = asyncio.get_running_loop()
     manager.culler = loop.create_task(culler.run(manager))  # type: ignore[attr-defined]
     return manager
 
@@ -75,11 +76,10 @@ class KernelspecHandler(KernelBase):
 
 
 class KernelspecResourceHandler(KernelBase):
-    def get(self, name: str, fname: str) -> None:
+    async def get(self, name: str, fname: str) -> None:
         self.current()
         path = specs.resource_path(self.sbx.config, name, fname)
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = await blocking.run(_read_resource, path)
         self.set_header(
             "Content-Type", mimetypes.guess_type(fname)[0] or "application/octet-stream"
         )
@@ -122,15 +122,28 @@ class KernelActionHandler(KernelBase):
         self.send(self.kernels.model(kernel))
 
 
+def _read_resource(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(MAX_RESOURCE)
+
+
 class KernelChannelsHandler(websocket.WebSocketHandler):
-    """WebSocket <-> ZMQ for one client; legacy framing unless the client offers v1."""
+    """WebSocket <-> ZMQ for one client; legacy framing unless the client offers v1.
+
+    Refused (429) before the upgrade beyond the per-user and per-kernel limits; a client that
+    reads slower than its kernel writes is closed once ``WRITE_BUFFER`` bytes wait for it.
+    """
 
     kernel: Kernel
     client: ClientConnection | None = None
+    user: str = ""
 
     @property
     def kernels(self) -> KernelManager:
         return self.settings["kernels"]
+
+    def _request_summary(self) -> str:
+        return summary(self.request)
 
     def _refuse(self, exc: SandboxdError) -> None:
         self.set_status(exc.status)
@@ -147,9 +160,14 @@ class KernelChannelsHandler(websocket.WebSocketHandler):
             return
         try:
             self.kernel = self.kernels.get(user, kwargs["kernel_id"])
-        except NotFound as exc:
+            self.kernels.admit_websocket(user.name, self.kernel)
+        except SandboxdError as exc:
+            if exc.reason == "max-websockets":
+                metrics.resource_refusal("max-websockets")
             self._refuse(exc)
             return
+        self.user = user.name
+        self.kernels.websocket_opened(self.user)
         await super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
@@ -160,6 +178,9 @@ class KernelChannelsHandler(websocket.WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         self.set_nodelay(True)  # Nagle + delayed ACK would add ~40 ms per cell (jupyter.md §7)
+        stream = getattr(self.ws_connection, "stream", None)
+        if stream is not None:
+            stream.max_write_buffer_size = WRITE_BUFFER
         self.client = ClientConnection(
             self.selected_subprotocol,
             self._send,
@@ -171,7 +192,10 @@ class KernelChannelsHandler(websocket.WebSocketHandler):
     def _send(self, data: bytes | str, binary: bool) -> None:
         if self.ws_connection is None or self.ws_connection.is_closing():
             return
-        self.write_message(data, binary=binary)
+        try:
+            self.write_message(data, binary=binary)
+        except StreamBufferFullError:
+            self.close(1009, "the client reads slower than the kernel writes")
 
     def _close(self, code: int, reason: str) -> None:
         self.close(code, reason)
@@ -184,3 +208,6 @@ class KernelChannelsHandler(websocket.WebSocketHandler):
         if self.client is not None:
             self.kernels.disconnect(self.kernel, self.client)
             self.client = None
+        if self.user:
+            self.kernels.websocket_closed(self.user)
+            self.user = ""

@@ -2,12 +2,12 @@
 
 Access, from the config keys ``metrics_public`` and ``metrics_token``:
 
-* ``metrics_public = true`` and no ``metrics_token``: open (the default; the daemon listens on
-  loopback). Fine on a trusted host; the page names users and sandbox ids.
-* ``metrics_token = "..."``: that token (``Authorization: Bearer``/``token``, or
-  ``?token=``), which is read-only because it is not a user token and opens nothing else, or
-  an admin token. Prometheus keeps the metrics token in ``credentials_file``.
-* ``metrics_public = false`` and no ``metrics_token``: an admin token.
+* ``metrics_public = false`` (the default) and no ``metrics_token``: an admin token. The page
+  names every user and sandbox id, so it is not public unless the admin says so.
+* ``metrics_token = "..."``: that token (``Authorization: Bearer``/``token``), which is
+  read-only because it is not a user token and opens nothing else, or an admin token.
+  Prometheus keeps the metrics token in ``credentials_file``.
+* ``metrics_public = true`` and no ``metrics_token``: open, for a trusted host.
 
 A user token is refused (403): the page shows every user's sandboxes.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from urllib.parse import parse_qsl, urlencode
 
 from tornado import web
 
@@ -27,25 +28,41 @@ from .base import BaseHandler, token_from
 log = logging.getLogger("sandboxd.metrics")
 
 
+def redacted_uri(uri: str) -> str:
+    """The request URI with every ``token`` query value replaced: tokens never reach a log."""
+    path, sep, query = uri.partition("?")
+    if not sep:
+        return uri
+    pairs = parse_qsl(query, keep_blank_values=True)
+    clean = [(k, "REDACTED" if k.lower() == "token" else v) for k, v in pairs]
+    return path + "?" + urlencode(clean)
+
+
 def log_request(handler: web.RequestHandler) -> None:
-    """Tornado ``log_function``: observe the request, then log it as tornado would."""
+    """Tornado ``log_function``: observe the request, then log it as tornado would, with any
+    ``?token=`` redacted."""
     metrics.observe_request(handler)
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
     logging.getLogger("tornado.access").log(
         level,
-        "%d %s %.2fms",
+        "%d %s %s (%s) %.2fms",
         status,
-        handler._request_summary(),
-        1000.0 * handler.request.request_time(),
+        request.method,
+        redacted_uri(request.uri or ""),
+        request.remote_ip,
+        1000.0 * request.request_time(),
     )
 
 
 class MetricsHandler(BaseHandler):
-    def get(self) -> None:
+    public = True  # authorized below, by its own rules
+
+    async def get(self) -> None:
         self._authorize()
         began = time.perf_counter()
-        body = metrics.render(self.sbx)
+        body = await self.sbx.metrics_body()
         log.debug("scrape took %.1f ms", 1000 * (time.perf_counter() - began))
         self.set_header("Content-Type", metrics.CONTENT_TYPE)
         self.finish(body)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import blocking
 from ..errors import Forbidden, InvalidRequest
 from ..network.settings import DEFAULT_NAME
 from ..service import acts_for
@@ -35,12 +36,12 @@ class NetworksHandler(BaseHandler):
         actor = self.current()
         user = self.get_query_argument("user", None)
         if user is None and actor.admin:
-            nets = self.sbx.networks.db.networks()
+            nets = self.sbx.networks.view.networks()
         else:
-            nets = self.sbx.networks.db.networks(_owner(self, actor, user))
+            nets = self.sbx.networks.view.networks(_owner(self, actor, user))
         self.send([self.sbx.networks.network_model(n) for n in nets])
 
-    def post(self) -> None:
+    async def post(self) -> None:
         actor = self.current()
         body = self.body()
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
@@ -48,26 +49,26 @@ class NetworksHandler(BaseHandler):
         if set(body) - {"name", "user"}:
             raise InvalidRequest(f"unknown field {sorted(set(body) - {'name', 'user'})[0]!r}")
         owner = _owner(self, actor, body.get("user"))
-        net = self.sbx.networks.create_network(owner, body["name"])
+        net = await blocking.run_net(self.sbx.networks.create_network, owner, body["name"])
         self.sbx.store.audit(actor.name, "network-create", f"{owner}/{net.name}", net.subnet)
         self.set_header("Location", f"/api/networks/{net.name}")
         self.send(self.sbx.networks.network_model(net), 201)
 
 
 class NetworkHandler(BaseHandler):
-    def get(self, name: str) -> None:
+    async def get(self, name: str) -> None:
         actor = self.current()
         owner = _owner(self, actor, self.get_query_argument("user", None))
         if name == DEFAULT_NAME:  # every user has one; reading it makes it (as its first use does)
-            net = self.sbx.networks.default_network(owner)
+            net = await blocking.run_net(self.sbx.networks.default_network, owner)
         else:
             net = self.sbx.networks.lookup_network(owner, name)
         self.send(self.sbx.networks.network_model(net))
 
-    def delete(self, name: str) -> None:
+    async def delete(self, name: str) -> None:
         actor = self.current()
         owner = _owner(self, actor, self.get_query_argument("user", None))
-        self.sbx.networks.remove_network(owner, name)
+        await blocking.run_net(self.sbx.networks.remove_network, owner, name)
         self.sbx.store.audit(actor.name, "network-rm", f"{owner}/{name}")
         self.set_status(204)
         self.finish()

@@ -479,5 +479,7 @@ def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 class OpenApiHandler(BaseHandler):
+    public = True
+
     def get(self) -> None:
         self.finish(json.dumps(document(self.settings.get("openapi_extra"))))

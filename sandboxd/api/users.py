@@ -32,11 +32,11 @@ class QuotaHandler(BaseHandler):
     def get(self, name: str) -> None:
         self.send(self.sbx.quota_model(self.current(), name))
 
-    def put(self, name: str) -> None:
-        self.send(self.sbx.set_quota(self.current(), name, self.body()))
+    async def put(self, name: str) -> None:
+        self.send(await self.sbx.set_quota(self.current(), name, self.body()))
 
-    def delete(self, name: str) -> None:
-        self.send(self.sbx.reset_quota(self.current(), name))
+    async def delete(self, name: str) -> None:
+        self.send(await self.sbx.reset_quota(self.current(), name))
 
 
 class WhoamiHandler(BaseHandler):

@@ -27,6 +27,7 @@ from typing import Any
 from sandboxd.cli.client import ApiError, Client, Json
 from sandboxd.cli.kernel_cmds import add_kernel_commands
 from sandboxd.cli.network_cmds import add_network_commands
+from sandboxd.cli.volume_cmds import add_volume_commands
 from sandboxd.units import format_size
 
 DEFAULT_URL = "http://127.0.0.1:8890"
@@ -645,7 +646,16 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--disk", help="e.g. 1g")
     for flag in ("read-bps", "write-bps", "read-iops", "write-iops"):
         p.add_argument(f"--device-{flag}", action="append", default=[], metavar="DEV:RATE")
-    p.add_argument("-v", "--volume", dest="volumes", action="append", default=[])
+    p.add_argument(
+        "-v",
+        "--volume",
+        dest="volumes",
+        action="append",
+        default=[],
+        metavar="NAME[/SUBPATH]:TARGET[:ro]",
+        help="bind one of your volumes (made if missing), or a path in it; an absolute host "
+        "path instead of NAME needs an admin token",
+    )
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     p.add_argument("-w", "--workdir")
     p.add_argument("--user", help="admin only: run for this user")
@@ -741,6 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_user(sub)
     _add_quota(sub)
     add_network_commands(sub, _command)
+    add_volume_commands(sub, _command)
     add_kernel_commands(sub, _command)
     p = _command(sub, "status", cmd_status, "show the daemon's status")
     _json_flag(p)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -15,6 +16,24 @@ from ..config import Config, load
 from ..errors import SandboxdError
 
 log = logging.getLogger("sandboxd")
+
+BODY_TIMEOUT = 60.0  # seconds a client may take to send a request body
+IDLE_CONNECTION_TIMEOUT = 120.0
+NOFILE = 1 << 20  # the daemon's fd limit: ZMQ sockets, pidfds, FIFOs for every sandbox
+
+
+def raise_fd_limit() -> None:
+    """As many fds as the kernel allows (up to NOFILE): bounds are enforced per user instead."""
+    try:
+        with open("/proc/sys/fs/nr_open") as fh:
+            most = min(int(fh.read()), NOFILE)
+    except (OSError, ValueError):
+        most = NOFILE
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (most, most))
+    except (OSError, ValueError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -29,15 +48,31 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 async def serve(config: Config, config_path: str | None, args: argparse.Namespace) -> None:
     from tornado.httpserver import HTTPServer
 
+    from .. import blocking
     from ..api.app import make_app
+    from ..errors import HostError
+    from ..runtime.syscalls import missing_features
     from ..service import Sandboxd
 
+    missing = missing_features()
+    if missing:
+        raise HostError(
+            f"this kernel lacks {', '.join(missing)}: sandboxd needs Linux 5.12 or newer"
+        )
+    blocking.tune_gil()
+    raise_fd_limit()
     sbx = Sandboxd(config)
     token_file = sbx.bootstrap_admin()
     await sbx.recover()
     sbx.start_background()
-    app = make_app(sbx)
-    server = HTTPServer(app, xheaders=False)
+    app = await make_app(sbx)
+    server = HTTPServer(
+        app,
+        xheaders=False,
+        max_body_size=config.max_request_body,
+        body_timeout=BODY_TIMEOUT,
+        idle_connection_timeout=IDLE_CONNECTION_TIMEOUT,
+    )
     server.listen(config.listen_port, config.listen_host)
     url = f"http://{config.listen}"
     print(f"sandboxd {__version__} instance {config.instance} listening on {url}", flush=True)

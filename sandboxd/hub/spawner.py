@@ -188,14 +188,15 @@ class SandboxSpawner(Spawner):
         keeps each at <volume root>/<user>/<volume name>, owned by the user's tenant uid, made
         on first spawn and kept across stops. ``{username}`` and ``{servername}`` are replaced in
         names, e.g. {"home-{servername}": "/home/jovyan"} for one home per named server. Kernels
-        get the home only if their kernelspec binds the same directory (metadata.sandboxd.volumes
-        = ["<root>/{user}/home:/home/jovyan"]).""",
+        get the home only if their kernelspec binds the same volume (metadata.sandboxd.volumes
+        = ["home:/home/jovyan"]).""",
     ).tag(config=True)
 
     host_volumes = List(
         Unicode(),
-        help="""Extra binds "HOST:CONTAINER[:ro]" (``{username}``/``{servername}`` replaced); HOST
-        must exist under one of sandboxd's volume_roots. Default: none.""",
+        help="""Extra binds "HOST:CONTAINER[:ro]" (``{username}``/``{servername}`` replaced).
+        sandboxd binds a host path only for an admin token: set ``sandboxd_token`` to an admin
+        token to use this. Default: none.""",
     ).tag(config=True)
 
     delete_volumes_on_delete = Bool(
@@ -456,9 +457,9 @@ class SandboxSpawner(Spawner):
             self._step(10, f"sandboxd user {user} ready")
             binds = []
             for vol, ctr in self._volume_names().items():
-                model = await self.api("PUT", f"/api/users/{user}/volumes/{quote(vol)}")
+                await self.api("PUT", f"/api/users/{user}/volumes/{quote(vol)}")
                 path, _, mode = ctr.partition(":")
-                binds.append(f"{model['host']}:{path}" + (f":{mode}" if mode else ""))
+                binds.append(f"{vol}:{path}" + (f":{mode}" if mode else ""))
             binds += [self._fmt(v) for v in self.host_volumes]
             self._step(20, f"volumes ready ({', '.join(self._volume_names()) or 'none'})")
             net = await self._network(user)

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .. import metrics
 from . import wire
 from .channels import KernelChannels
 from .zsocket import ZSocket
@@ -62,11 +63,15 @@ class ClientConnection:
     def deliver_parts(self, parts: wire.Parts) -> None:
         self.deliver(parts.channel, [*parts.frames(), *parts.buffers])
 
-    def _on_reply(self, channel: str) -> Callable[[list[bytes]], None]:
+    def _on_reply(self, channel: str, signer: wire.Signer) -> Callable[[list[bytes]], None]:
         def on_recv(msg: list[bytes]) -> None:
             try:
-                _, body = wire.split_zmq(msg)
+                _, body = signer.verified(msg)
+            except wire.BadSignature:
+                metrics.kernel_message_dropped("bad-signature")
+                return
             except wire.BadFrame:
+                metrics.kernel_message_dropped("malformed")
                 return
             self.deliver(channel, body)
 
@@ -94,7 +99,7 @@ class ClientConnection:
         self.signer = chans.signer
         for channel in DEALER_CHANNELS:
             stream = chans.dealer(channel, self.identity)
-            stream.on_recv(self._on_reply(channel))
+            stream.on_recv(self._on_reply(channel, chans.signer))
             self.streams[channel] = stream
 
     def detach(self) -> None:

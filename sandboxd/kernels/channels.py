@@ -1,8 +1,14 @@
-"""The daemon's ZMQ sockets to one kernel process, over ``ipc://`` sockets in its run dir.
+"""The daemon's ZMQ sockets to one kernel process, over ``ipc://`` sockets in ``/run/kernel``.
 
-The kernel binds its five sockets under ``/run/kernel`` inside the sandbox, which is
-``<run_dir>/<sandbox>/kernel`` on the host; the daemon (root) connects to the host paths. No TCP
-and no network namespace plumbing: this works with ``network = "none"``.
+``/run/kernel`` is a small tmpfs of the sandbox's own (made by the launcher, owned by the
+tenant, size-capped), so the tenant can rename or replace anything in it. The daemon therefore
+never connects by a path: ``open_sockets`` opens each socket file with ``openat2`` inside the
+sandbox's root fd (``RESOLVE_IN_ROOT``, no symlinks at all), checks on that fd that it is a
+socket owned by the tenant's uid (only the tenant's own processes can have bound it), and ZMQ
+connects to ``/proc/self/fd/N`` of that fd: the very inode checked, whatever the path says
+later. Every message from the kernel is then checked against the kernel's key (``Signer.verified``):
+one signed with another kernel's key is dropped and counted. No TCP and no network namespace
+plumbing: this works with ``network = "none"``.
 
 One SUB socket per kernel watches iopub (execution state, activity) and fans messages out to
 every WebSocket client; each client gets its own shell/control/stdin DEALERs sharing one
@@ -13,24 +19,100 @@ jupyter_server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
+import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import zmq
 
-from ..errors import LaunchError
+from .. import metrics
+from ..errors import LaunchError, ResourcesExhausted
+from ..runtime import safefs
 from ..service import iso
 from . import wire
 from .zsocket import ZSocket
 
 CONNECTION_FILE = "connection.json"
 PORTS = {"shell": 1, "iopub": 2, "stdin": 3, "control": 4, "hb": 5}
+USED = ("shell", "iopub", "stdin", "control")  # the daemon never pings hb
 KERNEL_DIR = "/run/kernel"  # inside the sandbox
-RECONNECT_IVL_MS = 5  # the kernel binds ~1 s after we connect; retry often, not every 100 ms
+SOCKET_PREFIX = "kernel-ipc"
+RECONNECT_IVL_MS = 5
+MAX_SOCKETS = 65536  # ZMQ's own limit (default 1023), sized with the WebSocket limits
+FD_GRACE_SECONDS = 5.0
+
+
+def configure_zmq() -> None:
+    """Raise ZMQ's socket limit before the first socket: the WebSocket limits bound the use."""
+    zmq.Context.instance().set(zmq.MAX_SOCKETS, MAX_SOCKETS)
+
+
+class NotReady(Exception):
+    """A socket file is not there yet."""
+
+
+def _open_socket(rootfd: int, channel: str, uid: int) -> int:
+    """O_PATH fd of the kernel's socket for ``channel``; refuses anything but the tenant's
+    own socket inode (a symlink anywhere, a FIFO, a file, another uid's socket)."""
+    path = f"{KERNEL_DIR}/{SOCKET_PREFIX}-{PORTS[channel]}"
+    try:
+        fd = safefs.open_in_root(rootfd, path, os.O_PATH | os.O_NOFOLLOW, symlinks=False)
+    except FileNotFoundError:
+        raise NotReady(path) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LaunchError(f"{path} is a symlink", reason="kernel-socket") from None
+        raise LaunchError(f"{path}: {exc.strerror}", reason="kernel-socket") from None
+    st = os.fstat(fd)
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != uid:
+        os.close(fd)
+        raise LaunchError(
+            f"{path} is not a socket of the kernel's own user", reason="kernel-socket"
+        )
+    return fd
+
+
+async def open_sockets(
+    root_fd: Callable[[], Awaitable[int]],
+    uid: int,
+    exited: asyncio.Future[Any],
+    timeout: float,
+) -> dict[str, int]:
+    """Wait until the kernel has bound its sockets, then open each by fd (see the module doc)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    rootfd = await root_fd()
+    fds: dict[str, int] = {}
+    try:
+        while True:
+            try:
+                for channel in USED:
+                    if channel not in fds:
+                        fds[channel] = _open_socket(rootfd, channel, uid)
+                return fds
+            except NotReady:
+                pass
+            if exited.done():
+                raise LaunchError("the kernel exited during start-up", reason="kernel-died")
+            if time.monotonic() > deadline:
+                raise LaunchError(
+                    f"the kernel did not open its sockets within {timeout:g}s",
+                    reason="kernel-timeout",
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    finally:
+        os.close(rootfd)
 
 
 def connection_info(ip: str, key: str, kernel_name: str) -> dict[str, Any]:
@@ -43,16 +125,6 @@ def connection_info(ip: str, key: str, kernel_name: str) -> dict[str, Any]:
         "kernel_name": kernel_name,
         **{f"{c}_port": p for c, p in PORTS.items()},
     }
-
-
-def write_connection_file(host_dir: str, info: dict[str, Any], uid: int) -> str:
-    """Write the kernel's view of the connection info, 0600 and owned by the tenant uid."""
-    path = os.path.join(host_dir, CONNECTION_FILE)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(info, fh)
-    os.chown(path, uid, uid)
-    return path
 
 
 def header(msg_type: str, session: str) -> dict[str, Any]:
@@ -73,23 +145,35 @@ def status_message(state: str, session: str = "sandboxd") -> wire.Parts:
 
 
 class KernelChannels:
-    """Connections to one running kernel process (host-side ipc paths)."""
+    """Connections to one running kernel process, through fds of its socket inodes."""
 
-    def __init__(self, host_dir: str, key: bytes, on_iopub: Callable[[list[bytes]], None]):
-        self.ip = os.path.join(host_dir, "kernel-ipc")
+    def __init__(
+        self, sockets: dict[str, int], key: bytes, on_iopub: Callable[[list[bytes]], None]
+    ):
+        self.sockets = sockets  # channel -> O_PATH fd, owned (closed) by this object
         self.signer = wire.Signer(key)
         self.context = zmq.Context.instance()
-        sub = self._socket(zmq.SUB, "iopub")
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.closed = False
+        try:
+            sub = self._socket(zmq.SUB, "iopub")
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+        except BaseException:
+            self._close_fds()
+            raise
         self.iopub = ZSocket(sub)
         self.iopub.on_recv(on_iopub)
-        self.closed = False
 
     def url(self, channel: str) -> str:
-        return f"ipc://{self.ip}-{PORTS[channel]}"
+        return f"ipc:///proc/self/fd/{self.sockets[channel]}"
 
     def _socket(self, kind: int, channel: str, identity: bytes | None = None) -> zmq.Socket:
-        sock = self.context.socket(kind)
+        try:
+            sock = self.context.socket(kind)
+        except zmq.ZMQError as exc:
+            metrics.resource_refusal("zmq-sockets")
+            raise ResourcesExhausted(
+                f"the daemon is out of ZMQ sockets ({exc})", reason="zmq-sockets"
+            ) from None
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         if identity is not None:
@@ -105,7 +189,17 @@ class KernelChannels:
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[list[bytes]] = loop.create_future()
         stream = self.dealer("shell", uuid.uuid4().bytes)
-        stream.on_recv(lambda msg: reply.done() or reply.set_result(msg))
+
+        def on_reply(msg: list[bytes]) -> None:
+            try:
+                self.signer.verified(msg)
+            except wire.BadFrame:
+                metrics.kernel_message_dropped("bad-signature")
+                return
+            if not reply.done():
+                reply.set_result(msg)
+
+        stream.on_recv(on_reply)
         h = json.dumps(header("kernel_info_request", "sandboxd")).encode()
         stream.send_multipart(self.signer.to_zmq(wire.Parts("shell", h, b"{}", b"{}", b"{}", [])))
         try:
@@ -125,7 +219,20 @@ class KernelChannels:
             if not reply.done():
                 reply.cancel()
 
+    def _close_fds(self) -> None:
+        for fd in self.sockets.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.sockets = {}
+
     def close(self) -> None:
+        """Close the sockets now and the socket fds a little later: ZMQ tears a socket down in
+        its own thread, and a reconnect racing that must not find the fd number reused."""
         if not self.closed:
             self.closed = True
-            self.iopub.close()
+            if hasattr(self, "iopub"):
+                self.iopub.close()
+            try:
+                asyncio.get_running_loop().call_later(FD_GRACE_SECONDS, self._close_fds)
+            except RuntimeError:
+                self._close_fds()

@@ -1,22 +1,27 @@
 """Start one kernel sandbox: the single entry point a warm pool will call ahead of time.
 
-``start_kernel_sandbox(sbx, actor, request, kernel_id)`` admits (quota, profile), writes the
-connection file (fresh key from ``secrets``, 0600, owned by the tenant), starts ipykernel in its
-own sandbox and returns once the kernel answered ``kernel_info``. If anything fails, the
-sandbox is removed before the error propagates: never a half-made kernel.
+``start_kernel_sandbox(sbx, actor, request, kernel_id, key)`` admits (quota, profile), has the
+launcher put the connection file (fresh key, 0600, owned by the tenant) into the sandbox's own
+``/run/kernel`` tmpfs, starts ipykernel, opens its sockets by fd and returns once the kernel
+answered ``kernel_info``. The key stays in the daemon's state; the daemon never reads it back
+from the sandbox. If anything fails, the sandbox is removed before the error propagates:
+never a half-made kernel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import os
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from .. import faults
 from ..errors import LaunchError, SandboxdError
+from ..runtime.plan import RunDir, RunFile
 from ..runtime.sandbox import LiveSandbox
 from ..service import Sandboxd
 from ..state import User
@@ -35,8 +40,11 @@ class KernelProcess:
 
     sandbox_id: str
     live: LiveSandbox | None
-    host_dir: str  # <run_dir>/<sandbox>/kernel
     key: bytes
+
+
+def new_key() -> str:
+    return secrets.token_hex(32)
 
 
 def _ready_timeout(env: dict[str, str]) -> float:
@@ -67,45 +75,64 @@ def sandbox_body(req: KernelRequest, kernel_id: str) -> dict[str, Any]:
     return body
 
 
+def connection_dir(sbx: Sandboxd, req: KernelRequest, key: str) -> RunDir:
+    """``/run/kernel``: a small tmpfs holding the connection file, for the launcher to make."""
+    info = channels.connection_info(
+        f"{channels.KERNEL_DIR}/{channels.SOCKET_PREFIX}", key, req.kernelspec.name
+    )
+    return RunDir(
+        channels.KERNEL_DIR,
+        sbx.config.kernel_run_size,
+        (RunFile(channels.CONNECTION_FILE, json.dumps(info), 0o600),),
+    )
+
+
+async def connect(
+    sbx: Sandboxd, live: LiveSandbox, uid: int, key: bytes, timeout: float
+) -> channels.KernelChannels:
+    """The daemon's channels to the kernel in ``live``, through fds of its own sockets."""
+    sockets = await channels.open_sockets(
+        lambda: sbx.runtime.root_fd(live), uid, asyncio.shield(live.exited), timeout
+    )
+    return channels.KernelChannels(sockets, key, lambda msg: None)
+
+
 async def start_kernel_sandbox(
-    sbx: Sandboxd, actor: User, req: KernelRequest, kernel_id: str
+    sbx: Sandboxd, actor: User, req: KernelRequest, kernel_id: str, key: str
 ) -> tuple[KernelProcess, channels.KernelChannels]:
     """Start a kernel for (user, kernelspec, env); ready to take messages when it returns.
 
     ``on_iopub`` is attached later by the caller through ``KernelChannels.iopub.on_recv``.
     """
-    key = secrets.token_hex(32)
-    info = channels.connection_info(f"{channels.KERNEL_DIR}/kernel-ipc", key, req.kernelspec.name)
-
-    def prepare(directory: str) -> None:
-        channels.write_connection_file(os.path.join(directory, "kernel"), info, req.owner.uid)
-
     rec, live = await sbx.create(
         actor,
         sandbox_body(req, kernel_id),
         kind="kernel",
         owner=req.owner,
-        extra_dirs=("kernel",),
-        prepare=prepare,
+        run_dirs=(connection_dir(sbx, req, key),),
     )
-    proc = KernelProcess(
-        sandbox_id=rec.id,
-        live=live,
-        host_dir=os.path.join(live.directory, "kernel"),
-        key=key.encode(),
-    )
-    chans = channels.KernelChannels(proc.host_dir, proc.key, lambda msg: None)
+    faults.point("kernel:sandbox")
+    proc = KernelProcess(sandbox_id=rec.id, live=live, key=key.encode())
+    chans: channels.KernelChannels | None = None
+    timeout = _ready_timeout(req.env)
+    began = time.monotonic()
     try:
-        await chans.kernel_info(asyncio.shield(live.exited), _ready_timeout(req.env))
+        chans = await connect(sbx, live, req.owner.uid, proc.key, timeout)
+        faults.point("kernel:channels")
+        await chans.kernel_info(asyncio.shield(live.exited), timeout - (time.monotonic() - began))
     except BaseException as exc:
-        chans.close()
+        if chans is not None:
+            chans.close()
         detail = ""
         if isinstance(exc, SandboxdError):
-            tail = sbx.logs(req.owner, rec.id, tail=5).get("stderr", "").strip()
-            detail = f": {tail.splitlines()[-1]}" if tail else ""
+            with contextlib.suppress(SandboxdError):
+                tail = (await sbx.logs(req.owner, rec.id, tail=5)).get("stderr", "").strip()
+                detail = f": {tail.splitlines()[-1]}" if tail else ""
         with contextlib.suppress(SandboxdError):
             await sbx.remove(req.owner, rec.id, force=True)
         if isinstance(exc, SandboxdError):
-            raise LaunchError(exc.message + detail, reason=exc.reason) from None
+            if exc.status >= 500:
+                raise LaunchError(exc.message + detail, reason=exc.reason) from None
+            raise
         raise
     return proc, chans

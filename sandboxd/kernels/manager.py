@@ -3,8 +3,9 @@
 Kernel ids are UUIDs (jupyter_server's routes need that shape); each maps to the sandbox that
 currently runs it. Restart replaces the sandbox (a fresh kernel process in a fresh sandbox with
 the same id, limits and environment), so a kernel that died of OOM comes back the same way.
-Kernels live in memory; after a daemon restart ``recover`` adopts the kernel sandboxes that are
-still running from their labels and connection files.
+Each kernel has a row in the state database (its sandbox, owner, creator, request and HMAC key),
+so after a daemon restart ``recover`` adopts the kernels whose sandboxes still run with their
+creator and limits, and reaches them without reading anything from the tenant's side.
 """
 
 from __future__ import annotations
@@ -13,24 +14,26 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import Conflict, InvalidRequest, NotFound, SandboxdError
+from .. import faults, metrics
+from ..errors import Conflict, InvalidRequest, NotFound, QuotaExceeded, SandboxdError
 from ..runtime.sandbox import Exit
 from ..service import Sandboxd, iso
 from ..spec import SandboxSpec
 from ..state import User
 from . import channels, specs, wire
 from .bridge import ClientConnection
-from .launch import KernelProcess, start_kernel_sandbox
+from .launch import KernelProcess, connect, new_key, start_kernel_sandbox
 from .request import KernelRequest, parse
 
 log = logging.getLogger("sandboxd.kernels")
+
+ADOPT_TIMEOUT = 5.0  # a running kernel's sockets exist already
 
 
 @dataclass(eq=False)
@@ -45,6 +48,8 @@ class Kernel:
     reason: str = ""
     clients: set[ClientConnection] = field(default_factory=set)
     busy_op: str = ""  # "restart" / "shutdown" while one is in progress
+    key: str = field(default_factory=new_key)
+    dropped: bool = False  # shutting down or culled: going away
 
     @property
     def owner(self) -> User:
@@ -62,7 +67,9 @@ class KernelManager:
         self.sbx = sbx
         self.kernels: dict[str, Kernel] = {}
         self.by_sandbox: dict[str, str] = {}
+        self.websockets: dict[str, int] = {}  # per user: kernel channels + attaches
         sbx.exit_listeners.append(self._on_sandbox_exit)
+        channels.configure_zmq()
 
     # access -----------------------------------------------------------------------------------
 
@@ -101,10 +108,40 @@ class KernelManager:
     async def start(self, actor: User, body: Any) -> Kernel:
         req = parse(body, actor, self.sbx.config, self.sbx.store)
         kernel = Kernel(id=str(uuid.uuid4()), request=req, creator=actor.name)
-        proc, chans = await start_kernel_sandbox(self.sbx, actor, req, kernel.id)
+        try:
+            proc, chans = await start_kernel_sandbox(self.sbx, actor, req, kernel.id, kernel.key)
+        except SandboxdError as exc:
+            if exc.status >= 500:
+                metrics.kernel_event("failed")
+            raise
         self.kernels[kernel.id] = kernel
         self._attach(kernel, proc, chans)
+        self._save(kernel)
+        faults.point("kernel:recorded")
+        metrics.kernel_event("started")
         return kernel
+
+    def _save(self, kernel: Kernel) -> None:
+        """The kernel's row: what a restarted daemon needs to adopt it (key included)."""
+        if kernel.process is None:
+            return
+        req = kernel.request
+        self.sbx.store.put_kernel(
+            {
+                "id": kernel.id,
+                "sandbox": kernel.process.sandbox_id,
+                "user": kernel.owner.name,
+                "creator": kernel.creator,
+                "kernelspec": req.kernelspec.name,
+                "key": kernel.key,
+                "request": {
+                    "env": req.env,
+                    "workdir": req.workdir,
+                    "volumes": list(req.volumes),
+                    "limits": req.limits,
+                },
+            }
+        )
 
     def _attach(self, kernel: Kernel, proc: KernelProcess, chans: channels.KernelChannels) -> None:
         kernel.process, kernel.chans = proc, chans
@@ -125,12 +162,13 @@ class KernelManager:
         return proc
 
     def _close_channels(self, kernel: Kernel) -> None:
-        """Close the daemon's sockets to the kernel process; clients stay, unattached."""
+        """Close the daemon's sockets to the kernel process; clients stay, unattached.
+        Clients' sockets go first: they connect through the channels' fds."""
+        for client in kernel.clients:
+            client.detach()
         if kernel.chans is not None:
             kernel.chans.close()
             kernel.chans = None
-        for client in kernel.clients:
-            client.detach()
 
     async def _remove_sandbox(self, kernel: Kernel, proc: KernelProcess | None) -> None:
         if proc is None:
@@ -156,38 +194,53 @@ class KernelManager:
         self._broadcast(kernel, channels.status_message("restarting"))
         try:
             await self._remove_sandbox(kernel, self._detach(kernel))
+            kernel.key = new_key()  # a fresh kernel process gets a fresh key
             try:
-                proc, chans = await start_kernel_sandbox(self.sbx, actor, kernel.request, kernel.id)
+                proc, chans = await start_kernel_sandbox(
+                    self.sbx, actor, kernel.request, kernel.id, kernel.key
+                )
             except SandboxdError as exc:
                 kernel.execution_state, kernel.reason = "dead", f"restart failed: {exc.message}"
                 self._broadcast(kernel, channels.status_message("dead"))
+                if exc.status >= 500:
+                    metrics.kernel_event("failed")
                 raise
-            if kernel.id not in self.kernels:  # shut down while restarting
+            if kernel.dropped or kernel.id not in self.kernels:  # shut down while restarting
                 chans.close()
                 await self._remove_sandbox(kernel, proc)
                 raise NotFound(f"no such kernel: {kernel_id}", reason="unknown-kernel")
             self._attach(kernel, proc, chans)
+            self._save(kernel)
+            metrics.kernel_event("restarted")
         finally:
             kernel.busy_op = ""
         return kernel
 
     async def shutdown(self, actor: User, kernel_id: str) -> None:
         await self._drop(self.get(actor, kernel_id), "shut down")
+        metrics.kernel_event("stopped")
 
     async def _drop(self, kernel: Kernel, why: str) -> None:
-        """Forget the kernel (it answers 404 from now on), close its clients, remove its sandbox."""
-        if self.kernels.pop(kernel.id, None) is None:
+        """Close the kernel's clients, remove its sandbox, then forget it: once it answers 404,
+        its sandbox is gone too."""
+        if kernel.dropped or kernel.id not in self.kernels:
             return
+        kernel.dropped = True
         log.info("kernel %s of %s: %s", kernel.id, kernel.owner.name, why)
         proc = self._detach(kernel)
         for client in list(kernel.clients):
             with contextlib.suppress(Exception):
                 client.close(1000, f"kernel {why}")
         kernel.clients.clear()
-        await self._remove_sandbox(kernel, proc)
+        try:
+            await self._remove_sandbox(kernel, proc)
+        finally:
+            self.kernels.pop(kernel.id, None)
+            self.sbx.store.delete_kernel(kernel.id)
 
     async def cull(self, kernel: Kernel, why: str) -> None:
         await self._drop(kernel, f"culled: {why}")
+        metrics.kernel_event("culled")
 
     async def close(self) -> None:
         """Daemon shutdown: close sockets; kernel sandboxes keep running and are re-adopted."""
@@ -196,6 +249,30 @@ class KernelManager:
                 kernel.chans.close()
 
     # clients ----------------------------------------------------------------------------------
+
+    def admit_websocket(self, user: str, kernel: Kernel | None = None) -> None:
+        """Refuse (429) a WebSocket beyond the per-user or per-kernel limit, before upgrading."""
+        cfg = self.sbx.config
+        if self.websockets.get(user, 0) >= cfg.max_websockets_per_user:
+            raise QuotaExceeded(
+                f"user {user} already has {cfg.max_websockets_per_user} WebSockets open",
+                reason="max-websockets",
+            )
+        if kernel is not None and len(kernel.clients) >= cfg.max_websockets_per_kernel:
+            raise QuotaExceeded(
+                f"kernel {kernel.id} already has {cfg.max_websockets_per_kernel} connections",
+                reason="max-websockets",
+            )
+
+    def websocket_opened(self, user: str) -> None:
+        self.websockets[user] = self.websockets.get(user, 0) + 1
+
+    def websocket_closed(self, user: str) -> None:
+        left = self.websockets.get(user, 0) - 1
+        if left > 0:
+            self.websockets[user] = left
+        else:
+            self.websockets.pop(user, None)
 
     def connect(self, kernel: Kernel, client: ClientConnection) -> None:
         kernel.clients.add(client)
@@ -225,10 +302,17 @@ class KernelManager:
     # kernel events ----------------------------------------------------------------------------
 
     def _on_iopub(self, kernel: Kernel, msg: list[bytes]) -> None:
+        chans = kernel.chans
+        if chans is None:
+            return
         try:
-            _, body = wire.split_zmq(msg)
+            _, body = chans.signer.verified(msg)
             header = json.loads(body[0])
+        except wire.BadSignature:
+            metrics.kernel_message_dropped("bad-signature")
+            return
         except (wire.BadFrame, ValueError):
+            metrics.kernel_message_dropped("malformed")
             return
         kernel.last_activity = time.time()
         if header.get("msg_type") == "status":
@@ -260,6 +344,7 @@ class KernelManager:
         self._died(kernel, result)
 
     def _died(self, kernel: Kernel, result: Exit) -> None:
+        metrics.kernel_event("oom_killed" if result.oom_killed else "died")
         kernel.execution_state = "dead"
         kernel.reason = (
             f"the kernel's memory limit was hit ({result.reason})"
@@ -272,41 +357,47 @@ class KernelManager:
 
     # daemon restart ---------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Adopt kernel sandboxes still running after a daemon restart (their clients reconnect)."""
-        for rec in self.sbx.store.list_sandboxes(kind="kernel", states=("running",)):
-            labels = dict(rec.spec.get("labels", ()))
-            live = self.sbx.runtime.live.get(rec.id)
-            kernel_id = labels.get("kernel_id", "")
-            host_dir = os.path.join(self.sbx.runtime.directory(rec.id), "kernel")
+    async def recover(self) -> None:
+        """Adopt the kernels whose sandboxes still run after a daemon restart, from their rows
+        (the key included); clients reconnect. Rows of kernels that are gone are dropped."""
+        for row in self.sbx.store.kernels():
+            live = self.sbx.runtime.live.get(row["sandbox"])
+            owner = self.sbx.store.get_user(row["user"], missing_ok=True)
             try:
-                with open(os.path.join(host_dir, channels.CONNECTION_FILE)) as fh:
-                    key = json.load(fh)["key"].encode()
-                owner = self.sbx.store.get_user(rec.user)
-                ks = specs.get(self.sbx.config, labels.get("kernelspec", ""))
-            except (OSError, ValueError, KeyError, SandboxdError):
-                log.warning("kernel sandbox %s cannot be adopted; leaving it", rec.id)
+                ks = specs.get(self.sbx.config, row["kernelspec"])
+            except SandboxdError:
+                ks = None
+            if live is None or owner is None or ks is None:
+                log.warning("kernel %s is gone (sandbox %s)", row["id"], row["sandbox"])
+                self.sbx.store.delete_kernel(row["id"])
+                if live is not None and owner is not None:
+                    with contextlib.suppress(SandboxdError):
+                        await self.sbx.remove(owner, row["sandbox"], force=True)
                 continue
-            if live is None or owner is None or not kernel_id:
-                continue
-            env = {k: v for k, v in rec.spec.get("env", ()) if k.startswith("KERNEL_")}
-            env.pop("KERNEL_ID", None)
+            stored = row["request"]
             req = KernelRequest(
                 owner=owner,
                 kernelspec=ks,
-                env=env,
-                workdir=rec.spec.get("workdir", ""),
-                volumes=tuple(
-                    f"{v['host']}:{v['container']}" + (":ro" if v["read_only"] else "")
-                    for v in rec.spec.get("volumes", ())
-                ),
-                limits={},
+                env=stored.get("env", {}),
+                workdir=stored.get("workdir", ""),
+                volumes=tuple(stored.get("volumes", ())),
+                limits=stored.get("limits", {}),
             )
-            kernel = Kernel(id=kernel_id, request=req, creator=owner.name)
-            self.kernels[kernel_id] = kernel
-            proc = KernelProcess(sandbox_id=rec.id, live=live, host_dir=host_dir, key=key)
-            self._attach(kernel, proc, channels.KernelChannels(host_dir, key, lambda m: None))
-            log.info("re-adopted kernel %s (sandbox %s)", kernel_id, rec.id)
+            kernel = Kernel(id=row["id"], request=req, creator=row["creator"], key=row["key"])
+            key = row["key"].encode()
+            proc = KernelProcess(sandbox_id=row["sandbox"], live=live, key=key)
+            self.kernels[kernel.id] = kernel
+            try:
+                chans = await connect(self.sbx, live, owner.uid, key, ADOPT_TIMEOUT)
+            except SandboxdError as exc:
+                log.warning("kernel %s cannot be reached: %s", row["id"], exc.message)
+                kernel.process = proc
+                self.by_sandbox[proc.sandbox_id] = kernel.id
+                kernel.execution_state = "dead"
+                kernel.reason = f"unreachable after a daemon restart: {exc.message}"
+                continue
+            self._attach(kernel, proc, chans)
+            log.info("re-adopted kernel %s (sandbox %s)", kernel.id, row["sandbox"])
 
 
 def check_id(kernel_id: str) -> str:

@@ -34,6 +34,10 @@ class BadFrame(ValueError):
     """A WebSocket frame that is not a Jupyter message."""
 
 
+class BadSignature(BadFrame):
+    """A kernel message whose HMAC does not match the kernel's key."""
+
+
 @dataclass
 class Parts:
     """A message as raw JSON parts (no signature), plus its channel."""
@@ -66,6 +70,16 @@ class Signer:
     def to_zmq(self, parts: Parts) -> list[bytes]:
         frames = parts.frames()
         return [DELIM, self.sign(frames), *frames, *parts.buffers]
+
+    def verified(self, msg: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """``split_zmq`` of a message from the kernel, refused (BadSignature) unless it is
+        signed with this kernel's key: a message from any other kernel, or forged, is dropped."""
+        idents, body = split_zmq(msg)
+        if self._auth is not None:
+            i = msg.index(DELIM)
+            if not hmac.compare_digest(msg[i + 1], self.sign(body[:4])):
+                raise BadSignature("bad HMAC signature")
+        return idents, body
 
 
 def split_zmq(msg: list[bytes]) -> tuple[list[bytes], list[bytes]]:

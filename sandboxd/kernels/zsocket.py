@@ -16,6 +16,7 @@ from collections.abc import Callable
 import zmq
 
 OnRecv = Callable[[list[bytes]], None]
+BATCH = 64
 
 
 class ZSocket:
@@ -35,9 +36,13 @@ class ZSocket:
         self.loop.call_soon(self._drain)  # messages may already be queued: no edge for them
 
     def _drain(self) -> None:
+        """Deliver what is queued, at most ``BATCH`` messages per turn: a kernel that floods
+        its output yields the loop to everyone else between batches."""
         if self.pending:
             self._flush()
-        while not self.closed and self.callback is not None:
+        for _ in range(BATCH):
+            if self.closed or self.callback is None:
+                return
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -45,6 +50,7 @@ class ZSocket:
             except zmq.ZMQError:
                 return
             self.callback(frames)
+        self.loop.call_soon(self._drain)  # more may be queued; no new edge will say so
 
     def send_multipart(self, frames: list[bytes]) -> None:
         if self.closed:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import faults
 from ..config import Config
 from ..errors import (
     Conflict,
@@ -65,9 +66,18 @@ def _chain_name(profile: str) -> str:
 
 
 class NetworkManager:
-    def __init__(self, config: Callable[[], Config], db: sqlite3.Connection) -> None:
+    """Changes (attach, release, networks, the nft table) run on the daemon's single net lane
+    with their own SQLite connection (``db``); ``view`` reads on the loop's connection."""
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        db: sqlite3.Connection,
+        own_db: sqlite3.Connection | None = None,
+    ) -> None:
         self._config = config
-        self.db = NetworkDB(db)
+        self.view = NetworkDB(db)
+        self.db = NetworkDB(own_db or db)
 
     @property
     def config(self) -> Config:
@@ -142,7 +152,7 @@ class NetworkManager:
         return net
 
     def lookup_network(self, user: str, name: str) -> Network:
-        net = self.db.network(user, name)
+        net = self.view.network(user, name)
         if net is None:
             raise NotFound(f"no network {name!r}", reason="unknown-network")
         return net
@@ -181,7 +191,7 @@ class NetworkManager:
             "bridge": self.bridge_name(net),
             "default": net.is_default,
             "created": net.created,
-            "sandboxes": {a.sandbox: a.address for a in self.db.attachments(net.id)},
+            "sandboxes": {a.sandbox: a.address for a in self.view.attachments(net.id)},
         }
 
     # attachments --------------------------------------------------------------------------------
@@ -193,7 +203,7 @@ class NetworkManager:
     def _resolv(self) -> str:
         return "".join(f"nameserver {r}\n" for r in self.resolvers())
 
-    def attach(self, spec: SandboxSpec, find_running: FindRunning) -> Attached:
+    def attach(self, spec: SandboxSpec, find_running: FindRunning) -> Attached:  # net lane
         """Make the sandbox's network as ``spec.network`` says; nothing is left if it fails."""
         mode = spec.network
         if mode == "none":
@@ -251,6 +261,7 @@ class NetworkManager:
             self._bring_up(net)
             path = netlink.create_netns(ns_name)
             undo.callback(netlink.remove_netns, ns_name)
+            faults.point("network:netns")
             mac = netlink.add_veth(
                 ns_name,
                 link,
@@ -260,8 +271,10 @@ class NetworkManager:
                 ipam.gateway_of(net.subnet),
             )
             undo.callback(netlink.delete_link, link)
+            faults.point("network:veth")
             self.db.set_mac(spec.id, mac)
             self.apply()
+            faults.point("network:rules")
             undo.pop_all()
         return Attached(NetnsPlan("path", path), _hosts(address, spec.name), self._resolv())
 
@@ -426,21 +439,25 @@ class NetworkManager:
 
     # read side --------------------------------------------------------------------------------
 
-    def counters(self, sids: set[str]) -> dict[str, dict[str, int]]:
-        """veth counters of the bridged sandboxes among ``sids`` (others have none)."""
-        links = {
+    def links_of(self, sids: set[str]) -> dict[str, str]:
+        """The host veth of each bridged sandbox among ``sids`` (on the loop: a table read)."""
+        return {
             a.sandbox: a.link
-            for a in self.db.attachments()
+            for a in self.view.attachments()
             if a.sandbox in sids and a.mode == "bridge" and a.link
         }
+
+    @staticmethod
+    def counters(links: dict[str, str]) -> dict[str, dict[str, int]]:
+        """veth counters by sandbox id, from one netlink dump (blocking: run it in a lane)."""
         found = netlink.link_counters(links.values())
         return {sid: found[link].to_json() for sid, link in links.items() if link in found}
 
     def describe(self, sid: str) -> dict[str, Any] | None:
-        att = self.db.attachment(sid)
+        att = self.view.attachment(sid)
         if att is None:
             return None
-        net = self.db.network_by_id(att.network) if att.network else None
+        net = self.view.network_by_id(att.network) if att.network else None
         return {
             "mode": att.mode,
             "network": net.name if net else None,
@@ -448,7 +465,7 @@ class NetworkManager:
             "gateway": ipam.gateway_of(net.subnet) if net else None,
             "mac": att.mac or None,
             "joined": att.joined or None,
-            "ports": [format_port(_published(p)) for p in self.db.ports(sid)],
+            "ports": [format_port(_published(p)) for p in self.view.ports(sid)],
         }
 
 

@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass
 
 from ..spec import SandboxSpec
-from .rootfs import HOME, SANDBOX_UID, RootfsPlan
+from .plan import RootPlan
+from .rootfs import HOME, SANDBOX_UID
 
 BWRAP = "/usr/bin/bwrap"
 
@@ -60,7 +61,7 @@ def environment(spec: SandboxSpec, python_bin: str | None) -> list[tuple[str, st
 
 def build_argv(
     spec: SandboxSpec,
-    rootfs: RootfsPlan,
+    rootfs: RootPlan,
     fds: BwrapFds,
     *,
     empty_file: str,

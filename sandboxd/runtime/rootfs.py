@@ -1,8 +1,6 @@
-"""Root filesystems: image layers, the built-in ``host`` image, volumes and the per-sandbox overlay.
+"""Root filesystems, daemon side: images (the built-in ``host`` image), volume syntax, and the
+``RootPlan`` the launcher mounts (``mounts.py``) in its private mount namespace.
 
-The daemon prepares a plan (pure data). The launcher child, already in a private mount namespace,
-mounts it (``mount_plan``): a size-capped tmpfs for the writable layer, an overlay of the image's
-layers under it, then read-only binds of the host directories the image exposes, then volumes.
 Because every mount lives in that private namespace, nothing is left on the host when the
 sandbox's last process exits, whatever happened to the daemon.
 """
@@ -10,14 +8,15 @@ sandbox's last process exits, whatever happened to the daemon.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import sys
 from dataclasses import dataclass
 
-from ..errors import InvalidRequest
+from ..errors import Forbidden, InvalidRequest
 from ..spec import SandboxSpec, Volume
-from . import syscalls
+from .plan import MountFd, RootPlan, RunDir
 
 HOST_IMAGE_VERSION = "4"
 
@@ -66,6 +65,7 @@ jovyan:x:1000:1000:Jupyter user:/home/jovyan:/bin/bash
 GROUP = "root:x:0:\nusers:x:100:\nnogroup:x:65534:\njovyan:x:1000:\n"
 SANDBOX_UID = 1000
 HOME = "/home/jovyan"
+VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -76,24 +76,6 @@ class Image:
     layers: tuple[str, ...]
     binds: tuple[str, ...] = ()  # host paths bound read-only at the same path
     python: str = "python3"
-
-
-@dataclass(frozen=True)
-class RootfsPlan:
-    """What the launcher child mounts for one sandbox; built by ``plan`` from a frozen spec."""
-
-    root: str  # overlay mount point
-    rw: str  # tmpfs mount point holding upper/ and work/
-    lowers: tuple[str, ...]
-    disk: int | None
-    binds: tuple[str, ...]
-    volumes: tuple[Volume, ...]
-    uid: int
-    hostname: str
-    run_binds: tuple[tuple[str, str], ...] = ()  # (host dir, container path), read-write
-    workdir: str = HOME  # made (owned by the tenant) if missing, as docker does
-    etc_hosts: str = ""  # network files written by the network step ("" = the default)
-    etc_resolv: str | None = None
 
 
 def python_environments() -> tuple[str, ...]:
@@ -188,143 +170,94 @@ def empty_file(run_dir: str) -> str:
     return path
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+def make_mount_points(directory: str) -> None:
+    """Daemon side: the run dir's mount points (nothing is mounted on the host)."""
+    os.mkdir(os.path.join(directory, "root"), 0o755)
+    os.mkdir(os.path.join(directory, "rw"), 0o700)
 
 
-def resolve_volume(text: str, allowed_roots: tuple[str, ...]) -> Volume:
-    """Parse ``HOST:CTR[:ro|rw]`` and refuse anything outside the admin's allowed roots.
+#: container paths a volume may not cover: the daemon writes there (/etc, /run/kernel), or
+#: bwrap mounts its own (/proc, /dev, /sys), or it would hide the whole root
+FORBIDDEN_TARGETS = ("/proc", "/dev", "/sys", "/etc", "/run/kernel")
+FORBIDDEN_EXACT = ("/", "/run")
 
-    The host path is resolved with symlinks followed, so ``..`` and links out of a root are
-    judged by where they really lead.
-    """
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
+
+
+def parse_volume(text: str) -> Volume:
+    """``SOURCE:TARGET[:ro|rw]``, where SOURCE is ``NAME[/SUBPATH]`` (the owner's volume) or
+    an absolute host path (admins only, checked by the caller). Pure: nothing is opened here."""
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise InvalidRequest(f"volume {text!r}: expected HOST:CONTAINER[:ro]", reason="bad-volume")
-    host, ctr = parts[0], parts[1]
+        raise InvalidRequest(f"volume {text!r}: expected SOURCE:TARGET[:ro]", reason="bad-volume")
+    source, target = parts[0], parts[1]
     mode = parts[2] if len(parts) == 3 else "rw"
     if mode not in ("ro", "rw"):
         raise InvalidRequest(f"volume {text!r}: mode must be ro or rw", reason="bad-volume")
-    if not os.path.isabs(host) or not os.path.isabs(ctr):
-        raise InvalidRequest(f"volume {text!r}: both paths must be absolute", reason="bad-volume")
-    if ".." in ctr.split("/") or os.path.normpath(ctr) in ("/", "/proc", "/dev", "/sys"):
-        raise InvalidRequest(f"volume {text!r}: container path not allowed", reason="bad-volume")
-    if ".." in host.split("/"):
-        raise InvalidRequest(f"volume {text!r}: '..' is not allowed", reason="volume-denied")
-    real = os.path.realpath(host)
-    if not any(_inside(real, root) for root in allowed_roots):
+    if ".." in source.split("/"):
+        raise Forbidden(f"volume {text!r}: '..' is not allowed in a source", reason="volume-denied")
+    if not os.path.isabs(target) or ".." in target.split("/") or "\0" in target:
         raise InvalidRequest(
-            f"volume {text!r}: {host} is not under an allowed volume root", reason="volume-denied"
+            f"volume {text!r}: the target must be an absolute path without '..'",
+            reason="bad-volume",
         )
-    if not os.path.isdir(real):
-        raise InvalidRequest(f"volume {text!r}: {host} is not a directory", reason="bad-volume")
-    return Volume(host=real, container=os.path.normpath(ctr), read_only=mode == "ro")
+    target = os.path.normpath(target)
+    if target in FORBIDDEN_EXACT or any(_under(target, top) for top in FORBIDDEN_TARGETS):
+        raise InvalidRequest(
+            f"volume {text!r}: {target} is managed by sandboxd and cannot be a volume target",
+            reason="bad-volume-target",
+        )
+    read_only = mode == "ro"
+    if source.startswith("/"):
+        return Volume(container=target, read_only=read_only, host=os.path.normpath(source))
+    name, _, sub = source.partition("/")
+    if not VOLUME_NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"volume {text!r}: {name!r} is not a volume name ({VOLUME_NAME.pattern})",
+            reason="bad-volume",
+        )
+    sub = "/".join(p for p in sub.split("/") if p and p != ".")
+    return Volume(container=target, read_only=read_only, name=name, subpath=sub)
+
+
+def etc_files(spec: SandboxSpec, hosts: str, resolv: str | None) -> tuple[tuple[str, str], ...]:
+    """The /etc files the daemon provides: hostname, hosts and (with a network) resolv.conf."""
+    files = [
+        ("etc/hostname", spec.name + "\n"),
+        (
+            "etc/hosts",
+            hosts or f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{spec.name}\n",
+        ),
+    ]
+    if resolv is not None:
+        files.append(("etc/resolv.conf", resolv))
+    return tuple(files)
 
 
 def plan(
-    spec: SandboxSpec, image: Image, sandbox_dir: str, extra_dirs: tuple[str, ...] = ()
-) -> RootfsPlan:
-    """``extra_dirs``: per-sandbox dirs under the sandbox's run dir, bound at ``/run/<name>``
-    (for example the kernel's ZMQ ipc sockets and connection file)."""
-    return RootfsPlan(
+    spec: SandboxSpec,
+    image: Image,
+    sandbox_dir: str,
+    *,
+    mounts: tuple[MountFd, ...] = (),
+    etc: tuple[tuple[str, str], ...] = (),
+    run_dirs: tuple[RunDir, ...] = (),
+) -> RootPlan:
+    """What the launcher mounts for ``spec`` (pure)."""
+    return RootPlan(
         root=os.path.join(sandbox_dir, "root"),
         rw=os.path.join(sandbox_dir, "rw"),
         lowers=image.layers,
         disk=spec.limits.disk,
         binds=image.binds,
-        volumes=spec.volumes,
-        uid=spec.uid,
-        hostname=spec.name,
-        run_binds=tuple((os.path.join(sandbox_dir, d), f"/run/{d}") for d in extra_dirs),
+        mounts=mounts,
+        etc=etc,
+        run_dirs=run_dirs,
+        home=HOME,
         workdir=spec.workdir,
-        etc_hosts=spec.etc_hosts,
-        etc_resolv=spec.etc_resolv,
     )
-
-
-def prepare(p: RootfsPlan) -> None:
-    """Daemon side: the mount points exist (nothing is mounted on the host)."""
-    os.makedirs(p.root, mode=0o755, exist_ok=True)
-    os.makedirs(p.rw, mode=0o700, exist_ok=True)
-
-
-def _chown_dir(path: str, uid: int, mode: int) -> None:
-    os.makedirs(path, exist_ok=True)
-    os.chown(path, uid, uid)
-    os.chmod(path, mode)
-
-
-def mount_plan(p: RootfsPlan) -> None:
-    """Launcher child, in its private mount namespace, as root: build the sandbox's root."""
-    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
-    size = f",size={p.disk}" if p.disk else ""
-    syscalls.mount(
-        "sbx-rw", p.rw, "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, f"mode=0700{size}"
-    )
-    upper, work = os.path.join(p.rw, "upper"), os.path.join(p.rw, "work")
-    os.mkdir(upper, 0o755)
-    os.mkdir(work, 0o700)
-    syscalls.mount(
-        "sbx-root",
-        p.root,
-        "overlay",
-        syscalls.MS_NOSUID | syscalls.MS_NODEV,
-        f"lowerdir={':'.join(p.lowers)},upperdir={upper},workdir={work}",
-    )
-    _chown_dir(p.root, p.uid, 0o755)
-    _chown_dir(p.root + HOME, p.uid, 0o755)
-    for host in p.binds:
-        target = p.root + host
-        os.makedirs(target, exist_ok=True)
-        syscalls.mount(host, target, None, syscalls.MS_BIND | syscalls.MS_REC)
-        syscalls.mount(
-            None,
-            target,
-            None,
-            syscalls.MS_REMOUNT
-            | syscalls.MS_BIND
-            | syscalls.MS_RDONLY
-            | syscalls.MS_NOSUID
-            | syscalls.MS_NODEV,
-        )
-    for vol in p.volumes:
-        target = p.root + vol.container
-        os.makedirs(target, exist_ok=True)
-        syscalls.mount(vol.host, target, None, syscalls.MS_BIND)
-        flags = syscalls.MS_NOSUID | syscalls.MS_NODEV
-        if vol.read_only:
-            flags |= syscalls.MS_RDONLY
-        syscalls.mount(None, target, None, syscalls.MS_REMOUNT | syscalls.MS_BIND | flags)
-    for host, ctr in p.run_binds:
-        target = p.root + ctr
-        os.makedirs(target, exist_ok=True)
-        syscalls.mount(host, target, None, syscalls.MS_BIND)
-        syscalls.mount(
-            None,
-            target,
-            None,
-            syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_NOSUID | syscalls.MS_NODEV,
-        )
-    _make_workdir(p.root, p.workdir, p.uid)
-    with open(p.root + "/etc/hostname", "w") as fh:
-        fh.write(p.hostname + "\n")
-    with open(p.root + "/etc/hosts", "w") as fh:
-        fh.write(p.etc_hosts or f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{p.hostname}\n")
-    if p.etc_resolv is not None:
-        with open(p.root + "/etc/resolv.conf", "w") as fh:
-            fh.write(p.etc_resolv)
-
-
-def _make_workdir(root: str, workdir: str, uid: int) -> None:
-    """Create a missing working directory owned by the tenant; leave existing ones alone."""
-    target = root + workdir
-    if os.path.lexists(target):
-        return
-    try:
-        os.makedirs(target)
-    except OSError:
-        return  # e.g. under a read-only bind: bwrap then refuses the chdir, reported as 400
-    os.chown(target, uid, uid)
 
 
 def is_mode_ok(path: str) -> bool:

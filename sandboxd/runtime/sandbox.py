@@ -1,14 +1,19 @@
-"""The orchestrator: build a sandbox step by step, watch it, tear it down in reverse.
+"""The orchestrator: build a sandbox step by step, watch it, and release it in one place.
 
-Order of ``start`` (each step a module with its own prepare/attach/release):
-  1. run dir and log files     (here)
-  2. cgroups                   (cgroups.py)   user level, then sandbox level
-  3. seccomp program           (seccomp.py)   compiled once per profile file, handed over as a memfd
-  4. network namespace         (netns.py)     entered by the launcher child
-  5. root filesystem           (rootfs.py)    mounted by the launcher child in its own mount ns
-  6. launch                    (launch.py + bwrap.py)
-Each release is pushed on an ExitStack as soon as its step succeeded, so a failure at any step
-releases exactly what was made, in reverse order.
+``STEPS`` is the order of a start. Each step prepares from the frozen spec into the ``Build``
+it shares with the others, and has a ``release(spec)`` that is idempotent and works from the
+spec alone, so the same release serves a failed start (only the steps that ran), an exit, a
+removal, crash recovery and ``sandboxd cleanup``:
+
+  1. rundir    the run dir: FIFOs for the output, mount points, bwrap's status file
+  2. volumes   the tenant's volumes, opened by fd and checked (``volumes.open_mounts``)
+  3. network   netns, veth and nft rules (``network/manager.py``), on the net lane
+  4. cgroup    user level, then sandbox level (``cgroups.py``)
+  5. seccomp   the compiled filter in a sealed memfd (``seccomp.py``)
+  6. launch    the launcher helper (``launcher.py``): joins, mounts, drops, execs bwrap
+
+Every blocking call runs in a thread lane (``blocking``); the loop only waits. A step's
+transient fds (volumes, seccomp, the network namespace) are closed once bwrap runs.
 """
 
 from __future__ import annotations
@@ -18,21 +23,25 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+from .. import blocking, faults
 from ..errors import InvalidRequest, LaunchError, SandboxdError
 from ..spec import Limits, SandboxSpec
 from ..units import format_size
-from . import bwrap, cgroups, launch, netns, rootfs, seccomp
+from . import bwrap, cgroups, launch, netns, output, rootfs, seccomp
+from .plan import MountFd, RunDir
 
 log = logging.getLogger("sandboxd.runtime")
 
 START_TIMEOUT = 20.0
+EXIT_CODE_WAIT = 2.0  # the launcher reports its child's exit right after the pidfd fires
 
 
 @dataclass
@@ -41,6 +50,7 @@ class Exit:
     oom_killed: bool
     reason: str
     finished: float
+    oom_kills: int = 0  # the cgroup's count, read before the cgroup goes
 
 
 @dataclass
@@ -52,7 +62,8 @@ class LiveSandbox:
     init_pid: int | None  # PID 1 of the sandbox's pid namespace, as seen from the host
     directory: str
     exited: asyncio.Future[Exit]
-    proc: subprocess.Popen[bytes] | None = None
+    pump: output.OutputPump
+    launched_here: bool = False  # a child of this daemon's launcher: it reports the exit code
     stdin_fd: int | None = None
     pidfd: int | None = None
     stopping: bool = False
@@ -64,6 +75,41 @@ class LiveSandbox:
         return None if self.init_pid is None else _first_child(self.init_pid)
 
 
+class Networks(Protocol):
+    """What the runtime needs of the network manager (it runs these on the net lane)."""
+
+    def attach(self, spec: SandboxSpec) -> Any: ...
+
+    def release(self, sid: str) -> list[str]: ...
+
+
+#: opens a spec's volumes as detached mount trees: [(fd, "dir"|"file")] in spec order
+VolumeOpener = Callable[[SandboxSpec], list[tuple[int, str]]]
+
+
+@dataclass
+class Build:
+    """What the steps of one start share."""
+
+    spec: SandboxSpec
+    user_limits: Limits
+    directory: str
+    run_dirs: tuple[RunDir, ...]
+    etc: tuple[tuple[str, str], ...] = ()
+    mounts: list[MountFd] = field(default_factory=list)
+    net_mode: str = "none"
+    net_fd: int | None = None
+    seccomp_fd: int | None = None
+    transient: list[int] = field(default_factory=list)  # closed once bwrap runs
+    live: LiveSandbox | None = None
+
+    def close_transient(self) -> None:
+        for fd in self.transient:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.transient.clear()
+
+
 class Runtime:
     """Host side of every sandbox of one instance."""
 
@@ -73,14 +119,24 @@ class Runtime:
         instance: str,
         run_dir: str,
         state_dir: str,
+        networks: Networks,
+        open_volumes: VolumeOpener,
         cgroup_driver: cgroups.CgroupDriver | None = None,
+        log_max_bytes: int = 1 << 20,
+        log_rate: int = 8 << 20,
     ) -> None:
         self.instance = instance
         self.run_dir = run_dir
         self.state_dir = state_dir
+        self.logs_dir = os.path.join(state_dir, "logs")
+        self.networks = networks
+        self.open_volumes = open_volumes
+        self.log_max_bytes = log_max_bytes
+        self.log_rate = log_rate
         for path in (run_dir, os.path.join(state_dir, "images")):
             os.makedirs(path, mode=0o711, exist_ok=True)
             os.chmod(path, 0o711)
+        os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
         # the tenant's bwrap must traverse to its root: every parent of run_dir must allow it
         parent = os.path.dirname(run_dir)
         while parent != "/":
@@ -95,14 +151,23 @@ class Runtime:
         )
         self.empty_file = rootfs.empty_file(run_dir)
         self.live: dict[str, LiveSandbox] = {}
+        self.launcher = launch.Launcher()
+        self.steps: tuple[Step, ...] = (
+            RunDirStep(self),
+            VolumesStep(self),
+            NetworkStep(self),
+            CgroupStep(self),
+            SeccompStep(self),
+            LaunchStep(self),
+        )
 
     # paths ----------------------------------------------------------------------------------
 
     def directory(self, sid: str) -> str:
         return os.path.join(self.run_dir, sid)
 
-    def log_path(self, sid: str, stream: str) -> str:
-        return os.path.join(self.directory(sid), f"{stream}.log")
+    def log_file(self, sid: str) -> output.LogFile:
+        return output.LogFile(os.path.join(self.logs_dir, f"{sid}.log"), self.log_max_bytes)
 
     def image(self, name: str) -> rootfs.Image:
         from ..errors import NotFound
@@ -115,196 +180,69 @@ class Runtime:
     # start -----------------------------------------------------------------------------------
 
     async def start(
-        self,
-        spec: SandboxSpec,
-        *,
-        user_limits: Limits,
-        net: netns.NetnsPlan | None = None,
-        extra_dirs: tuple[str, ...] = (),
-        prepare: Callable[[str], None] | None = None,
+        self, spec: SandboxSpec, *, user_limits: Limits, run_dirs: tuple[RunDir, ...] = ()
     ) -> LiveSandbox:
-        """Create and start ``spec``; on any failure release what was made and raise.
+        """Create and start ``spec``; on any failure release what was made, then raise."""
+        self.image(spec.image)
+        build = Build(spec, user_limits, self.directory(spec.id), run_dirs)
+        done: list[Step] = []
+        try:
+            for step in self.steps:
+                done.append(step)
+                await step.prepare(build)
+                faults.point(f"create:{step.name}")
+        except BaseException:
+            build.close_transient()
+            for step in reversed(done):
+                with contextlib.suppress(Exception):
+                    await step.release(spec)
+            raise
+        build.close_transient()
+        assert build.live is not None
+        self.live[spec.id] = build.live
+        return build.live
 
-        ``prepare(directory)`` runs once the run dir and ``extra_dirs`` exist and before the
-        command starts, so files the command reads at once (a kernel's connection file) are there.
-        """
-        image = self.image(spec.image)
-        with contextlib.ExitStack() as undo:
-            directory = self.directory(spec.id)
-            os.mkdir(directory, 0o711)
-            undo.callback(shutil.rmtree, directory, True)
-            for sub in extra_dirs:
-                path = os.path.join(directory, sub)
-                os.mkdir(path, 0o700)
-                os.chown(path, spec.uid, spec.uid)
-            if prepare is not None:
-                prepare(directory)
-
-            self.cgroups.ensure_user(spec.user, user_limits)
-            self.cgroups.create(spec.user, spec.id, spec.limits)
-            undo.callback(self.cgroups.remove, spec.user, spec.id)
-
-            bpf = seccomp.compiled(spec.seccomp_profile)
-            seccomp_fd = seccomp.seccomp_fd(bpf)
-            undo.callback(os.close, seccomp_fd)
-
-            plan_root = rootfs.plan(spec, image, directory, extra_dirs)
-            rootfs.prepare(plan_root)
-
-            info_r, info_w = os.pipe2(os.O_CLOEXEC)
-            undo.callback(_close_quietly, info_r)
-            status_fd = os.open(
-                os.path.join(directory, "status.json"),
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                0o600,
-            )
-            out_fd = os.open(
-                self.log_path(spec.id, "stdout"),
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                0o600,
-            )
-            err_fd = os.open(
-                self.log_path(spec.id, "stderr"),
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                0o600,
-            )
-            stdin_r, stdin_w = (
-                os.pipe2(os.O_CLOEXEC)
-                if spec.stdin
-                else (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), None)
-            )
-            fds = bwrap.BwrapFds(seccomp=seccomp_fd, info=info_w, status=status_fd)
-            argv = bwrap.build_argv(
-                spec,
-                plan_root,
-                fds,
-                empty_file=self.empty_file,
-                python_bin=os.path.dirname(image.python),
-                host_proc=self.host_proc,
-            )
-            plan = launch.LaunchPlan(
-                argv=tuple(argv),
-                cgroup_procs=tuple(self.cgroups.join_paths(spec.user, spec.id)),
-                net=net or netns.NetnsPlan("none"),
-                rootfs=plan_root,
-                uid=spec.uid,
-                pass_fds=(seccomp_fd, info_w, status_fd),
-            )
+    async def release(self, spec: SandboxSpec) -> None:
+        """Remove every host object of a sandbox that no longer runs (idempotent). The one
+        teardown: exit, removal, failed start, recovery and cleanup all end here."""
+        for step in reversed(self.steps):
             try:
-                proc = launch.spawn(plan, stdin=stdin_r, stdout=out_fd, stderr=err_fd)
-            finally:
-                for fd in (info_w, status_fd, out_fd, err_fd, stdin_r):
-                    os.close(fd)
-            if stdin_w is not None:
-                undo.callback(_close_quietly, stdin_w)
-            undo.callback(_reap, proc)
-            init_pid = await self._read_info(info_r, proc, spec.id)
-            await self._wait_exec(init_pid, proc, spec.id)
-            live = LiveSandbox(
-                spec=spec,
-                pid=proc.pid,
-                init_pid=init_pid,
-                directory=directory,
-                exited=asyncio.get_running_loop().create_future(),
-                proc=proc,
-                stdin_fd=stdin_w,
-            )
-            self._watch(live)
-            undo.pop_all()
-        if stdin_w is not None:
-            os.set_blocking(stdin_w, False)
-        self.live[spec.id] = live
-        return live
-
-    async def _read_info(self, info_r: int, proc: subprocess.Popen[bytes], sid: str) -> int:
-        """Wait for bwrap's --info-fd JSON; EOF without it means bwrap failed to set up."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bytes] = loop.create_future()
-        chunks: list[bytes] = []
-
-        def readable() -> None:
-            data = os.read(info_r, 65536)
-            if data:
-                chunks.append(data)
-            else:
-                loop.remove_reader(info_r)
-                if not done.done():
-                    done.set_result(b"".join(chunks))
-
-        loop.add_reader(info_r, readable)
-        try:
-            raw = await asyncio.wait_for(done, START_TIMEOUT)
-        except TimeoutError:
-            loop.remove_reader(info_r)
-            raise LaunchError("bwrap did not start in time") from None
-        try:
-            return int(json.loads(raw)["child-pid"])
-        except (ValueError, KeyError):
-            proc.wait(timeout=5)
-            raise LaunchError(f"bwrap failed: {self._bwrap_error(sid)}") from None
-
-    async def _wait_exec(self, init_pid: int, proc: subprocess.Popen[bytes], sid: str) -> None:
-        """Wait until bwrap has exec'd the command; a bwrap that exits first failed its set-up.
-
-        The command is the child of the sandbox's init; it has been exec'd once its executable
-        is no longer bwrap. A command that already ran and exited is fine too.
-        """
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            child = _first_child(init_pid)
-            if child is not None and _has_execd(child):
-                return
-            if proc.poll() is not None:
-                message = self._bwrap_error(sid)
-                if message.startswith("bwrap:"):
-                    if "execvp" in message:
-                        raise InvalidRequest(
-                            f"cannot run the command: {message[7:]}", reason="bad-command"
-                        )
-                    if "chdir" in message:
-                        raise InvalidRequest(
-                            f"bad working directory: {message[7:]}", reason="bad-workdir"
-                        )
-                    raise LaunchError(f"bwrap failed: {message}")
-                return
-            await asyncio.sleep(0.0005)
-        raise LaunchError("the command did not start in time")
-
-    def _bwrap_error(self, sid: str) -> str:
-        try:
-            with open(self.log_path(sid, "stderr"), "rb") as fh:
-                lines = fh.read()[-2000:].decode(errors="replace").strip().splitlines()
-        except OSError:
-            return "no message"
-        bw = [line for line in lines if line.startswith("bwrap:")]
-        return (bw or lines or ["no message"])[-1]
+                await step.release(spec)
+            except SandboxdError as exc:
+                log.error("releasing %s (%s): %s", spec.id, step.name, exc.message)
 
     # watching and exit -------------------------------------------------------------------------
 
-    def _watch(self, live: LiveSandbox) -> None:
+    def watch(self, live: LiveSandbox) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            live.pidfd = os.pidfd_open(live.pid)
-        except ProcessLookupError:
-            loop.call_soon(self._finish, live)
-            return
-        loop.add_reader(live.pidfd, self._finish, live)
+        if live.pidfd is None:
+            try:
+                live.pidfd = os.pidfd_open(live.pid)
+            except ProcessLookupError:
+                loop.call_soon(self._exited, live)
+                return
+        loop.add_reader(live.pidfd, self._exited, live)
 
-    def _finish(self, live: LiveSandbox) -> None:
+    def _exited(self, live: LiveSandbox) -> None:
         loop = asyncio.get_running_loop()
         if live.pidfd is not None:
             loop.remove_reader(live.pidfd)
             os.close(live.pidfd)
             live.pidfd = None
+        loop.create_task(self._finish(live))
+
+    async def _finish(self, live: LiveSandbox) -> None:
+        """Drain the output, read the exit, kill what is left, then tell the listeners."""
         status = None
-        if live.proc is not None:
-            status = live.proc.wait()
-        result = self._exit_result(live.spec, status, stopped=live.stopping)
-        with contextlib.suppress(SandboxdError):
-            self.cgroups.kill(live.spec.user, live.spec.id)
+        if live.launched_here:
+            status = await self.launcher.exit_code(live.pid, EXIT_CODE_WAIT)
         if live.stdin_fd is not None:
             _close_quietly(live.stdin_fd)
             live.stdin_fd = None
+        with contextlib.suppress(SandboxdError):
+            await blocking.run(self.cgroups.kill, live.spec.user, live.spec.id)
+        await live.pump.finish()
+        result = await blocking.run(self._exit_result, live.spec, status, live.stopping)
         self.live.pop(live.spec.id, None)
         if not live.exited.done():
             live.exited.set_result(result)
@@ -322,9 +260,10 @@ class Runtime:
             else:
                 code = 128 - returncode if returncode < 0 else returncode
         try:
-            oom = self.cgroups.oom_kills(spec.user, spec.id) > 0
+            kills = self.cgroups.oom_kills(spec.user, spec.id)
         except SandboxdError:
-            oom = False
+            kills = 0
+        oom = kills > 0
         if oom and code != 0:
             limit = format_size(spec.limits.memory) if spec.limits.memory else "the host's"
             reason = f"killed by the OOM killer: memory limit {limit} reached"
@@ -338,12 +277,18 @@ class Runtime:
             reason = f"killed by {name}"
         else:
             reason = f"exited with code {code}"
-        return Exit(code=code, oom_killed=oom and code != 0, reason=reason, finished=time.time())
+        return Exit(
+            code=code,
+            oom_killed=oom and code != 0,
+            reason=reason,
+            finished=time.time(),
+            oom_kills=kills,
+        )
 
     def _status_exit_code(self, sid: str) -> int | None:
         try:
             with open(os.path.join(self.directory(sid), "status.json")) as fh:
-                text = fh.read()
+                text = fh.read(65536)
         except OSError:
             return None
         code = None
@@ -374,8 +319,9 @@ class Runtime:
         try:
             return await asyncio.wait_for(asyncio.shield(live.exited), grace)
         except TimeoutError:
-            self.cgroups.kill(live.spec.user, live.spec.id)
-            return await asyncio.wait_for(asyncio.shield(live.exited), 10)
+            with contextlib.suppress(SandboxdError):
+                await blocking.run(self.cgroups.kill, live.spec.user, live.spec.id)
+            return await asyncio.wait_for(asyncio.shield(live.exited), 15)
 
     def signal_command(self, live: LiveSandbox, signum: int) -> bool:
         pid = live.command_pid()
@@ -387,28 +333,57 @@ class Runtime:
             return False
         return True
 
-    def release(self, spec: SandboxSpec) -> None:
-        """Remove every host object of a sandbox that is no longer running (idempotent)."""
-        with contextlib.suppress(SandboxdError):
-            self.cgroups.remove(spec.user, spec.id)
-        shutil.rmtree(self.directory(spec.id), ignore_errors=True)
+    async def root_fd(self, live: LiveSandbox) -> int:
+        """An O_PATH fd of the sandbox's own ``/`` (for ``safefs.open_in_root``).
+
+        Opened through ``/proc/<init>/root`` after checking, with a pidfd taken first, that
+        the pid is this sandbox's init (in its cgroup) and still alive once the fd is open, so
+        a pid reused by someone else cannot hand us another root.
+        """
+        init = live.init_pid or _first_child(live.pid)
+        if init is None:
+            raise LaunchError(f"sandbox {live.spec.id} has no init process", reason="not-running")
+        try:
+            pidfd = os.pidfd_open(init)
+        except ProcessLookupError:
+            raise LaunchError("the sandbox ended", reason="not-running") from None
+        try:
+            members = await blocking.run(self.cgroups.pids, live.spec.user, live.spec.id)
+            if init not in members:
+                raise LaunchError("the sandbox's init left its cgroup", reason="not-running")
+            fd = os.open(f"/proc/{init}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                signal.pidfd_send_signal(pidfd, 0)
+            except ProcessLookupError:
+                os.close(fd)
+                raise LaunchError("the sandbox ended", reason="not-running") from None
+            return fd
+        finally:
+            os.close(pidfd)
 
     # restart ----------------------------------------------------------------------------------
 
-    def adopt(self, spec: SandboxSpec, pid: int | None) -> LiveSandbox | None:
+    async def adopt(self, spec: SandboxSpec, pid: int | None) -> LiveSandbox | None:
         """After a daemon restart, watch a sandbox that is still running; None if it is gone."""
-        if pid is None or not _is_bwrap(pid) or pid not in self._cgroup_pids(spec):
+        if pid is None or not _is_bwrap(pid):
             return None
-        loop = asyncio.get_running_loop()
+        members = await blocking.run(self._cgroup_pids, spec)
+        if pid not in members:
+            return None
+        log_file = self.log_file(spec.id)
+        pump = output.OutputPump(log_file, self.log_rate, await blocking.run(log_file.last_seq) + 1)
+        directory = self.directory(spec.id)
+        pump.start({s: output.open_reader(directory, s) for s in output.STREAMS})
         live = LiveSandbox(
             spec=spec,
             pid=pid,
             init_pid=_first_child(pid),
-            directory=self.directory(spec.id),
-            exited=loop.create_future(),
+            directory=directory,
+            exited=asyncio.get_running_loop().create_future(),
+            pump=pump,
         )
         self.live[spec.id] = live
-        self._watch(live)
+        self.watch(live)
         return live
 
     def _cgroup_pids(self, spec: SandboxSpec) -> list[int]:
@@ -417,9 +392,9 @@ class Runtime:
         except SandboxdError:
             return []
 
-    def exit_of_lost(self, spec: SandboxSpec) -> Exit:
+    async def exit_of_lost(self, spec: SandboxSpec) -> Exit:
         """The exit of a sandbox that ended while the daemon was down (from its status file)."""
-        return self._exit_result(spec, None, stopped=False)
+        return await blocking.run(self._exit_result, spec, None, False)
 
     def orphans(self, known: set[str]) -> list[tuple[str, str]]:
         """cgroups and run dirs this instance made that no record knows: crash leftovers."""
@@ -437,16 +412,264 @@ class Runtime:
         shutil.rmtree(self.directory(sid), ignore_errors=True)
 
 
+# -- steps ----------------------------------------------------------------------------------
+
+
+class Step:
+    """One stage of a start: ``prepare`` fills the Build; ``release`` undoes it from the spec
+    alone (idempotent), so a restarted daemon can release what a crashed one made."""
+
+    name = "step"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def prepare(self, build: Build) -> None:
+        raise NotImplementedError
+
+    async def release(self, spec: SandboxSpec) -> None:
+        return None
+
+
+class RunDirStep(Step):
+    name = "rundir"
+
+    async def prepare(self, build: Build) -> None:
+        await blocking.run(self._make, build.directory)
+
+    @staticmethod
+    def _make(directory: str) -> None:
+        os.mkdir(directory, 0o711)
+        output.make_fifos(directory)
+        rootfs.make_mount_points(directory)
+
+    async def release(self, spec: SandboxSpec) -> None:
+        await blocking.run(shutil.rmtree, self.rt.directory(spec.id), True)
+
+
+class VolumesStep(Step):
+    name = "volumes"
+
+    async def prepare(self, build: Build) -> None:
+        opened = await blocking.run(self.rt.open_volumes, build.spec)
+        for vol, (fd, kind) in zip(build.spec.volumes, opened, strict=True):
+            build.transient.append(fd)
+            build.mounts.append(MountFd(vol.container, fd, kind))
+
+
+class NetworkStep(Step):
+    name = "network"
+
+    async def prepare(self, build: Build) -> None:
+        attached = await blocking.run_net(self.rt.networks.attach, build.spec)
+        build.etc = rootfs.etc_files(build.spec, attached.etc_hosts, attached.etc_resolv)
+        plan: netns.NetnsPlan = attached.plan
+        if plan.mode == "none" or plan.mode == "host":
+            build.net_mode = plan.mode
+            return
+        build.net_mode = "fd"
+        build.net_fd = await blocking.run(_open_netns, plan.path or "")
+        build.transient.append(build.net_fd)
+
+    async def release(self, spec: SandboxSpec) -> None:
+        await blocking.run_net(self.rt.networks.release, spec.id)
+
+
+def _open_netns(path: str) -> int:
+    """The netns to join: a file the daemon made (/run/netns/…) or, for ``container:<id>``,
+    a pidfd of that sandbox's process (setns on a pidfd: no pid-reuse race)."""
+    if path.startswith("pid:"):
+        return os.pidfd_open(int(path[4:]))
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+class CgroupStep(Step):
+    name = "cgroup"
+
+    async def prepare(self, build: Build) -> None:
+        spec = build.spec
+        await blocking.run(self.rt.cgroups.ensure_user, spec.user, build.user_limits)
+        await blocking.run(self.rt.cgroups.create, spec.user, spec.id, spec.limits)
+
+    async def release(self, spec: SandboxSpec) -> None:
+        await blocking.run(self.rt.cgroups.remove, spec.user, spec.id)
+
+
+class SeccompStep(Step):
+    name = "seccomp"
+
+    async def prepare(self, build: Build) -> None:
+        bpf = await blocking.run(seccomp.compiled, build.spec.seccomp_profile)
+        build.seccomp_fd = seccomp.seccomp_fd(bpf)
+        build.transient.append(build.seccomp_fd)
+
+
+class LaunchStep(Step):
+    name = "launch"
+
+    async def prepare(self, build: Build) -> None:
+        spec, rt = build.spec, self.rt
+        image = rt.image(spec.image)
+        log_file = rt.log_file(spec.id)
+        await blocking.run(log_file.remove)  # a reused id never shows an old log
+        pump = output.OutputPump(log_file, rt.log_rate)
+        assert build.seccomp_fd is not None
+        prepared = await blocking.run(
+            launch.prepare,
+            launch.Request(
+                spec=spec,
+                directory=build.directory,
+                root=rootfs.plan(
+                    spec,
+                    image,
+                    build.directory,
+                    mounts=tuple(build.mounts),
+                    etc=build.etc,
+                    run_dirs=build.run_dirs,
+                ),
+                cgroup_procs=tuple(rt.cgroups.join_paths(spec.user, spec.id)),
+                net_mode=build.net_mode,
+                net_fd=build.net_fd,
+                seccomp_fd=build.seccomp_fd,
+                empty_file=rt.empty_file,
+                python_bin=os.path.dirname(image.python),
+                host_proc=rt.host_proc,
+            ),
+        )
+        pidfd: int | None = None
+        try:
+            pid, pidfd = await rt.launcher.launch(prepared)
+            prepared.close_sent()
+            pump.start(prepared.readers)
+            prepared.readers = {}
+            await launch.wait_launched(prepared)
+            init_pid = await _read_info(prepared.info_r, pidfd)
+            await _wait_exec(init_pid, pidfd, pump)
+        except BaseException:
+            prepared.close_all()
+            if pidfd is not None:
+                await _kill(pidfd)
+                os.close(pidfd)
+            pump.close()
+            raise
+        _close_quietly(prepared.info_r)
+        live = LiveSandbox(
+            spec=spec,
+            pid=pid,
+            init_pid=init_pid,
+            directory=build.directory,
+            exited=asyncio.get_running_loop().create_future(),
+            pump=pump,
+            launched_here=True,
+            stdin_fd=prepared.stdin_w,
+            pidfd=pidfd,
+        )
+        rt.watch(live)
+        build.live = live
+
+    async def release(self, spec: SandboxSpec) -> None:
+        live = self.rt.live.get(spec.id)
+        if live is not None and live.pidfd is not None and not _ended(live.pidfd):
+            await _kill(live.pidfd)
+
+
+def _ended(pidfd: int) -> bool:
+    """True once the process behind ``pidfd`` has exited (its pidfd polls readable)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+async def _kill(pidfd: int, timeout: float = 10.0) -> None:
+    """SIGKILL the process behind ``pidfd`` and wait (on the loop, polling) until it ended."""
+    if not _ended(pidfd):
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not _ended(pidfd) and time.monotonic() < deadline:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+async def _read_info(info_r: int, pidfd: int) -> int:
+    """bwrap's --info-fd JSON; EOF without it means bwrap failed to set up."""
+    raw = await read_to_eof(info_r, START_TIMEOUT, "bwrap did not start in time")
+    try:
+        return int(json.loads(raw)["child-pid"])
+    except (ValueError, KeyError):
+        raise LaunchError("bwrap failed before starting the sandbox") from None
+
+
+async def read_to_eof(fd: int, timeout: float, what: str, limit: int = 65536) -> bytes:
+    """Read a pipe on the loop until EOF (at most ``limit`` bytes kept)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+    chunks: list[bytes] = []
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if data and sum(map(len, chunks)) < limit:
+            chunks.append(data)
+        elif not data:
+            loop.remove_reader(fd)
+            if not done.done():
+                done.set_result(b"".join(chunks))
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
+    try:
+        return await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        raise LaunchError(what) from None
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(fd)
+
+
+async def _wait_exec(init_pid: int, pidfd: int, pump: output.OutputPump) -> None:
+    """Wait until bwrap has exec'd the command; a bwrap that exits first failed its set-up.
+
+    The command is the child of the sandbox's init; it has been exec'd once its executable is
+    no longer bwrap. A command that already ran and exited is fine too. Polled with backoff.
+    """
+    deadline = time.monotonic() + START_TIMEOUT
+    delay = 0.0005
+    while time.monotonic() < deadline:
+        child = _first_child(init_pid)
+        if child is not None and _has_execd(child):
+            return
+        if _ended(pidfd):
+            pump.drain_now()
+            message = _bwrap_error(pump)
+            if message.startswith("bwrap:"):
+                if "execvp" in message:
+                    raise InvalidRequest(
+                        f"cannot run the command: {message[7:]}", reason="bad-command"
+                    )
+                if "chdir" in message:
+                    raise InvalidRequest(
+                        f"bad working directory: {message[7:]}", reason="bad-workdir"
+                    )
+                raise LaunchError(f"bwrap failed: {message}")
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.02)
+    raise LaunchError("the command did not start in time")
+
+
+def _bwrap_error(pump: output.OutputPump) -> str:
+    lines = pump.stderr_tail.decode(errors="replace").strip().splitlines()
+    bw = [line for line in lines if line.startswith("bwrap:")]
+    return (bw or lines or ["no message"])[-1]
+
+
 def _close_quietly(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
-
-
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def _is_bwrap(pid: int) -> bool:

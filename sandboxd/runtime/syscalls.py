@@ -182,3 +182,19 @@ def fsmount_new(fstype: str, options: dict[str, str], attrs: int) -> int:
         )
     finally:
         os.close(fs)
+
+
+def missing_features() -> list[str]:
+    """System calls sandboxd needs that this kernel lacks (Linux 5.12 has them all)."""
+    missing = []
+    for name, number in (
+        ("openat2", SYS_OPENAT2),
+        ("open_tree", SYS_OPEN_TREE),
+        ("move_mount", SYS_MOVE_MOUNT),
+        ("fsopen", SYS_FSOPEN),
+        ("mount_setattr", SYS_MOUNT_SETATTR),
+    ):
+        # invalid arguments: a kernel that has the call answers EBADF/EINVAL/EFAULT, not ENOSYS
+        if _libc.syscall(number, -1, None, 0, None, 0) < 0 and ctypes.get_errno() == errno.ENOSYS:
+            missing.append(name)
+    return missing
