@@ -10,7 +10,7 @@ import os
 import re
 import secrets
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import Config, Profile, Quota
@@ -197,6 +197,49 @@ def limits_for(body: dict[str, Any], profile: Profile) -> Limits:
         io_write_iops=device_rates(body.get("device_write_iops"), "device_write_iops", False),
         memory_high=profile.memory_high or None,
         cpu_weight=None if profile.cpu_weight == 100 else profile.cpu_weight,
+    )
+
+
+LIVE_FIELDS = frozenset({"cpus", "memory", "pids", "memory_high", "cpu_weight"})
+"""What ``PATCH /api/sandboxes/{id}`` may change while the sandbox runs."""
+
+
+def live_limits(old: Limits, body: dict[str, Any], profile: Profile) -> Limits:
+    """``old`` with a PATCH body applied, within the profile: ``cpus``/``memory``/``pids`` up
+    to the profile's maxima, as at create; ``memory_high`` 4m up to the sandbox's memory
+    (0 = off), a throttle the tenant sets on itself; ``cpu_weight`` 1 up to the profile's
+    value, so a tenant may yield CPU share under contention but never take more than granted."""
+    merged: dict[str, Any] = {"cpus": old.cpus, "memory": old.memory, "pids": old.pids}
+    merged |= {k: body[k] for k in ("cpus", "memory", "pids") if k in body}
+    new = limits_for({**merged, "swap": old.swap, "disk": old.disk}, profile)
+    memory_high = old.memory_high
+    if "memory_high" in body:
+        value = parse_size(body["memory_high"], "memory_high")
+        if value and not 4 * 1024 * 1024 <= value <= new.memory:
+            raise InvalidRequest(
+                f"memory_high: must be 0 (off) or between 4m and the sandbox's memory "
+                f"({format_size(new.memory)})"
+            )
+        memory_high = value or None
+    cpu_weight = old.cpu_weight
+    if "cpu_weight" in body:
+        weight = body["cpu_weight"]
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 10000:
+            raise InvalidRequest("cpu_weight: expected an integer from 1 to 10000")
+        if weight > profile.cpu_weight:
+            raise QuotaExceeded(
+                f"cpu_weight {weight} is above the weight of profile {profile.name!r} "
+                f"({profile.cpu_weight})",
+                reason="profile-limit",
+            )
+        cpu_weight = weight  # kept even at 100: v1 writes cpu.shares only when set
+    return replace(
+        old,
+        cpus=new.cpus,
+        memory=new.memory,
+        pids=new.pids,
+        memory_high=memory_high,
+        cpu_weight=cpu_weight,
     )
 
 

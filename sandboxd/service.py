@@ -428,24 +428,18 @@ class Sandboxd:
         )
 
     async def update_limits(self, actor: User, ref: str, body: Any) -> SandboxRecord:
-        """Change cpus / memory / pids of a running sandbox, within its profile and the quota."""
+        """Change cpus / memory / pids / memory_high / cpu_weight of a running sandbox, within
+        its profile and the quota."""
         rec = self.lookup(actor, ref)
         if rec.id not in self.runtime.live:
             raise Conflict(f"sandbox {rec.id} is not running", reason="not-running")
-        if not isinstance(body, dict) or not body or set(body) - {"cpus", "memory", "pids"}:
-            raise InvalidRequest("expected an object with cpus, memory and/or pids")
+        if not isinstance(body, dict) or not body or set(body) - admission.LIVE_FIELDS:
+            raise InvalidRequest(
+                "expected an object with cpus, memory, pids, memory_high and/or cpu_weight"
+            )
         spec = SandboxSpec.from_json(rec.spec)
         old = spec.limits
-        merged = {
-            "cpus": old.cpus,
-            "memory": old.memory,
-            "pids": old.pids,
-            "swap": old.swap,
-            "disk": old.disk,
-            **body,
-        }
-        new = admission.limits_for(merged, self.config.profile(spec.profile))
-        new = dataclasses.replace(old, cpus=new.cpus, memory=new.memory, pids=new.pids)
+        new = admission.live_limits(old, body, self.config.profile(spec.profile))
         usage = self.usage(rec.user)
         usage.sandboxes -= 1
         usage.memory -= old.memory or 0

@@ -125,6 +125,8 @@ SCHEMAS: dict[str, Any] = {
             "cpus": {"type": "number", "exclusiveMinimum": 0},
             "memory": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
             "pids": {"type": "integer", "minimum": 8},
+            "memory_high": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+            "cpu_weight": {"type": "integer", "minimum": 1, "maximum": 10000},
         },
     },
     "Exit": {
@@ -243,7 +245,7 @@ PATHS: dict[str, Any] = {
         "parameters": REF_PARAM,
         "get": _op("Inspect a sandbox", schema=_ref("Sandbox")),
         "patch": _op(
-            "Change cpus, memory or pids of a running sandbox",
+            "Change cpus, memory, pids, memory_high or cpu_weight of a running sandbox",
             "200",
             "LimitsUpdate",
             _ref("Sandbox"),

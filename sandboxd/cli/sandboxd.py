@@ -104,6 +104,8 @@ def cleanup(config: Config, purge: bool) -> int:
 
     driver = cgroups.probe(config.instance, claim=False)  # look, never move this process
     driver.remove_all()
+    if isinstance(driver, cgroups.CgroupV2):
+        driver.release()  # the sandboxes' scope, if any: systemd removes it once empty
     shutil.rmtree(config.run_dir, ignore_errors=True)
     try:
         from ..runtime import network_cleanup  # type: ignore[attr-defined]

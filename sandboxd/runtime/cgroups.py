@@ -8,12 +8,17 @@ What we write is rendered by pure functions (``v2_limit_files``, ``v1_limit_file
 formats can be unit-tested without root; the drivers only decide where and in which order.
 Formats follow the kernel's Documentation/admin-guide/cgroup-v2.rst and cgroup-v1/*.rst.
 
-Delegation (cgroup v2 under systemd): a daemon started by a unit with ``Delegate=yes`` owns
-that unit's cgroup and nothing above it. ``probe`` finds it (the ``trusted.delegate`` /
-``user.delegate`` xattr systemd sets), moves every process of it into the ``supervisor`` leaf
-(the no-internal-processes rule), enables our controllers in its ``cgroup.subtree_control``,
-and roots the layout there: ``<unit cgroup>/<root>/<user>/<sandbox>``. Outside systemd the
-layout is rooted at the mount, as before.
+Delegation (cgroup v2 under systemd): the daemon runs in a unit with ``Delegate=yes``, but its
+sandboxes live in a second delegated cgroup, the transient scope ``<root>-sandboxes.scope`` in the
+daemon's slice, which ``probe`` makes at the first start (``systemd-run --scope -p Delegate=yes``
+around a ``sleep infinity`` holder) and finds again at every later start. The scope outlives the
+daemon: a restart of the daemon's unit never meets cgroups with controllers enabled in its own
+cgroup (systemd 252 would fail to attach the new main process there, EBUSY: the
+no-internal-processes rule), and ``systemctl stop`` of the daemon never touches a sandbox. Inside
+the scope the holder sits in the ``holder`` leaf, our controllers are enabled in the scope's
+``cgroup.subtree_control`` and the layout is ``<scope>/<root>/<user>/<sandbox>``; nothing is
+written outside the scope. ``sandboxd cleanup`` kills the holder last, and systemd then removes
+the empty scope. Outside systemd the layout is rooted at the mount, as before.
 
 Every OSError from cgroupfs is mapped to ``CgroupError`` here (``raise ... from exc``); a limit
 that cannot be expressed is an ``InvalidRequest``. Stats never raise for a missing file: a
@@ -28,6 +33,8 @@ import math
 import os
 import re
 import signal
+import subprocess
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -42,13 +49,14 @@ __all__ = [
     "CgroupStats",
     "CgroupV1",
     "CgroupV2",
-    "SUPERVISOR",
+    "HOLDER",
     "delegated_ancestor",
-    "find_delegated_parent",
+    "find_scope",
     "find_v1_mounts",
     "own_cgroup",
     "probe",
     "read_cgroup_mounts",
+    "scope_name",
     "v1_limit_files",
     "v2_limit_files",
 ]
@@ -59,8 +67,11 @@ CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000
 """The kernel refuses a CFS quota below 1 ms (EINVAL); we refuse it earlier, with a reason."""
 
-SUPERVISOR = "supervisor"
-"""The leaf a delegated daemon moves itself into (systemd's CGROUP_DELEGATION.md names it so)."""
+HOLDER = "holder"
+"""The leaf of the sandboxes' scope that holds its keep-alive process (no-internal-processes)."""
+
+SCOPE_SUFFIX = "-sandboxes.scope"
+"""``<root>-sandboxes.scope``: the delegated transient scope the sandboxes of ``<root>`` live in."""
 
 _DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")
 _PSI = ("cpu", "memory", "io")
@@ -207,8 +218,9 @@ def v2_limit_files(limits: Limits) -> dict[str, str]:
 
     ``memory.swap.max`` is swap beyond memory (v2 accounts swap separately); without a memory
     limit swap is not limited either, as on v1 where memsw needs a memory limit. ``io.max`` is
-    present only when a device rule is asked, one line per device with all four keys;
-    ``memory.high`` and ``cpu.weight`` only when set (nothing changes them after create).
+    present only when a device rule is asked, one line per device with all four keys.
+    ``memory.high`` and ``cpu.weight`` are rendered unset as "max" and "100" (a live ``PATCH``
+    may turn them off again).
     """
     check_limits(limits)
     quota = "max" if limits.cpus is None else str(_cpu_quota(limits.cpus))
@@ -217,11 +229,9 @@ def v2_limit_files(limits: Limits) -> dict[str, str]:
         "memory.max": "max" if limits.memory is None else str(limits.memory),
         "memory.swap.max": "max" if limits.memory is None else str(limits.swap),
         "pids.max": "max" if limits.pids is None else str(limits.pids),
+        "memory.high": "max" if limits.memory_high is None else str(limits.memory_high),
+        "cpu.weight": "100" if limits.cpu_weight is None else str(limits.cpu_weight),
     }
-    if limits.memory_high is not None:
-        files["memory.high"] = str(limits.memory_high)
-    if limits.cpu_weight is not None:
-        files["cpu.weight"] = str(limits.cpu_weight)
     rules = _io_rules(limits)
     if rules:
         files["io.max"] = "\n".join(
@@ -622,13 +632,13 @@ class CgroupV2(CgroupDriver):
         return os.path.join(self.base, self._rel(user, sandbox))
 
     def claim(self, timeout: float = 5.0) -> None:
-        """Take the delegated subtree: move every process of ``base`` into the ``supervisor``
-        leaf, then enable our controllers in ``base``'s ``cgroup.subtree_control`` (the kernel
-        refuses that while ``base`` holds processes, so a process forked meanwhile is moved
-        too, until the write goes through)."""
+        """Take the delegated scope: move every process of ``base`` (the holder) into the
+        ``holder`` leaf, then enable our controllers in ``base``'s ``cgroup.subtree_control``
+        (the kernel refuses that while ``base`` holds processes, so a process that arrives
+        meanwhile is moved too, until the write goes through)."""
         if not self.parent:
             raise CgroupError("claim() is for a delegated subtree; this driver has none")
-        leaf = os.path.join(self.base, SUPERVISOR)
+        leaf = os.path.join(self.base, HOLDER)
         _mkdir(leaf)
         deadline = time.monotonic() + timeout
         while True:
@@ -658,6 +668,30 @@ class CgroupV2(CgroupDriver):
                 self.missing_reason(missing[0]),
                 ", ".join(missing),
             )
+
+    def release(self, timeout: float = 10.0) -> None:
+        """After ``remove_all``: end the scope's holder so systemd stops the scope and removes
+        its cgroup; waits for that. A no-op for a layout that is not a sandboxes' scope."""
+        if not self.parent.endswith(SCOPE_SUFFIX) or not os.path.isdir(self.base):
+            return
+        leaf = os.path.join(self.base, HOLDER)
+        if os.path.exists(os.path.join(leaf, "cgroup.kill")):
+            _write(os.path.join(leaf, "cgroup.kill"), "1")
+        else:
+            _sigkill_all(_read_procs(os.path.join(leaf, "cgroup.procs")))
+        deadline = time.monotonic() + timeout
+        while os.path.isdir(self.base):
+            if _read_keyed(os.path.join(self.base, "cgroup.events")).get("populated") == 0:
+                try:
+                    _rmdir(leaf, timeout=0.5)  # ours; systemd removes the scope's own cgroup
+                except CgroupError:
+                    pass
+            if time.monotonic() > deadline:
+                raise CgroupError(
+                    f"systemd did not remove the scope {self.base} within {timeout:.0f}s after "
+                    f"its holder ended (see `systemctl status {os.path.basename(self.base)}`)"
+                )
+            time.sleep(0.05)
 
     @staticmethod
     def _controllers(path: str) -> set[str]:
@@ -1123,22 +1157,119 @@ def delegated_ancestor(mount: str, cgroup: str) -> str | None:
     return None
 
 
-def find_delegated_parent(mount: str, root: str, depth: int = 4) -> str | None:
-    """A delegated cgroup that holds ``<root>``, searched from the mount down ``depth`` levels:
-    how ``sandboxd cleanup`` run from a shell finds the subtree of the daemon's unit."""
+def scope_name(root: str) -> str:
+    """The unit name of the scope that holds the sandboxes of instance ``root``."""
+    return check_name(root, "root") + SCOPE_SUFFIX
+
+
+def find_scope(mount: str, root: str, depth: int = 4) -> str | None:
+    """The cgroup (relative to the mount) of ``<root>-sandboxes.scope``, searched through the
+    slices from the mount down ``depth`` levels: how a later daemon start and ``sandboxd
+    cleanup`` from a shell find it. Other units' delegated subtrees are never looked into."""
+    name = scope_name(root)
     level = [""]
     for _ in range(depth):
         below = []
         for rel in level:
-            for name in _subdirs_any(os.path.join(mount, rel)):
-                child = f"{rel}/{name}".strip("/")
-                if _is_delegated(os.path.join(mount, child)):
-                    if os.path.isdir(os.path.join(mount, child, root)):
-                        return child
-                    continue  # someone else's delegated subtree: never look inside
-                below.append(child)
+            for child_name in _subdirs_any(os.path.join(mount, rel)):
+                child = f"{rel}/{child_name}".strip("/")
+                if child_name == name and _is_delegated(os.path.join(mount, child)):
+                    return child
+                if child_name.endswith(".slice"):
+                    below.append(child)
         level = below
     return None
+
+
+def _slice_unit(rel: str) -> str:
+    """The slice unit whose cgroup is ``rel`` ("system.slice", "a.slice/a-b.slice" → "a-b.slice";
+    the root → "-.slice")."""
+    last = os.path.basename(rel.strip("/"))
+    return last if last.endswith(".slice") else "-.slice"
+
+
+def _populated(path: str) -> bool:
+    return _read_keyed(os.path.join(path, "cgroup.events")).get("populated") == 1
+
+
+def _start_holder(argv: list[str], timeout: float, until: str, what: str) -> None:
+    """Run ``argv`` (which ends in a holder that never exits) detached from our session, and
+    wait until ``until`` (a cgroup) holds a process; its early exit is an error."""
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            cwd="/",  # pins no mount
+            start_new_session=True,  # a ^C or SIGTERM to the daemon's group does not reach it
+        )
+        _HOLDERS.append(proc)  # Popen reaps it if it ever ends while we run
+        deadline = time.monotonic() + timeout
+        while not _read_procs(os.path.join(until, "cgroup.procs")):
+            code = proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                errors.seek(0)
+                text = errors.read().decode(errors="replace").strip()
+                raise CgroupError(
+                    f"cannot {what}: {' '.join(argv[:6])} ... "
+                    + (f"exited {code}" if code is not None else f"timed out after {timeout:.0f}s")
+                    + (f": {text}" if text else "")
+                )
+            time.sleep(0.05)
+
+
+_HOLDERS: list[subprocess.Popen[bytes]] = []
+
+
+def sandbox_scope(root: str, mount: str, unit: str, timeout: float = 30.0) -> CgroupV2:
+    """The driver of ``<root>-sandboxes.scope``, made now if missing, beside the daemon's own
+    delegated ``unit`` (in the same slice), and claimed: the holder in its leaf, our
+    controllers enabled. A scope whose holder died (killed by hand) while sandboxes kept it
+    alive gets a new holder, moved in by us; one that is emptying is waited out first."""
+    name = scope_name(root)
+    found = find_scope(mount, root)
+    if found is not None and not _populated(os.path.join(mount, found)):
+        deadline = time.monotonic() + timeout  # stopping: systemd removes it in a moment
+        while os.path.isdir(os.path.join(mount, found)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        found = find_scope(mount, root)
+    if found is None:
+        parent = os.path.dirname(unit.strip("/"))
+        found = f"{parent}/{name}".strip("/")
+        _start_holder(
+            [
+                "systemd-run",
+                "--scope",
+                "--quiet",
+                "--collect",
+                f"--unit={name}",
+                f"--slice={_slice_unit(parent)}",
+                "--property=Delegate=yes",
+                f"--description=sandboxd {root}: the sandboxes (outlive daemon restarts)",
+                "--",
+                "sleep",
+                "infinity",
+            ],
+            timeout,
+            os.path.join(mount, found),
+            f"create the delegated scope {name} for the sandboxes",
+        )
+        log.info("cgroup v2: made the delegated scope %s for the sandboxes", name)
+    driver = CgroupV2(root, mount, found)
+    leaf = os.path.join(driver.base, HOLDER)
+    if not _read_procs(os.path.join(leaf, "cgroup.procs")) and not _read_procs(
+        os.path.join(driver.base, "cgroup.procs")
+    ):
+        _mkdir(leaf)
+        _start_holder(
+            ["sh", "-c", 'echo $$ > "$0" && exec sleep infinity', f"{leaf}/cgroup.procs"],
+            timeout,
+            leaf,
+            f"put a new holder into {leaf}",
+        )
+    driver.claim()
+    return driver
 
 
 def _subdirs_any(path: str) -> list[str]:
@@ -1153,12 +1284,12 @@ def probe(
 ) -> CgroupDriver:
     """cgroup2 mounted at ``mount`` itself → v2; anything else (v1 or hybrid) → v1 controllers.
 
-    On v2, ``parent`` None means: inside a delegated subtree (a systemd unit with
-    ``Delegate=yes``), root the layout there and, with ``claim``, take it (move into the
-    ``supervisor`` leaf, enable controllers). Elsewhere under systemd the daemon refuses to
-    start (it would write outside anything delegated to it); ``claim=False`` (``sandboxd
-    cleanup`` from a shell) instead finds the unit subtree that holds ``<root>``. Without
-    systemd the layout is rooted at the mount.
+    On v2, ``parent`` None means: under systemd, in a unit with ``Delegate=yes``, the layout
+    lives in ``<root>-sandboxes.scope``, made or found and, with ``claim``, taken (see the
+    module's docstring). Under systemd without delegation the daemon refuses to start (moving
+    its children away is only ours to do in a delegated unit); ``claim=False`` (``sandboxd
+    cleanup`` from a shell) only finds the scope, never makes one. Without systemd the layout
+    is rooted at the mount.
     """
     mount = mount.rstrip("/") or "/"
     try:
@@ -1169,16 +1300,14 @@ def probe(
     if at_mount and at_mount[-1].fstype == "cgroup2":
         if parent is not None:
             return CgroupV2(root, mount, parent)
+        systemd = os.path.isdir("/run/systemd/system")
+        if not claim:
+            return CgroupV2(root, mount, (find_scope(mount, root) if systemd else None) or "")
         here = own_cgroup()
         delegated = delegated_ancestor(mount, here)
-        if delegated is not None:
-            driver = CgroupV2(root, mount, delegated)
-            if claim:
-                driver.claim()
-            return driver
-        if not claim:
-            return CgroupV2(root, mount, find_delegated_parent(mount, check_name(root)) or "")
-        if here != "/" and os.path.isdir("/run/systemd/system"):
+        if delegated is not None and systemd:
+            return sandbox_scope(root, mount, delegated)
+        if here != "/" and systemd:
             raise CgroupError(
                 f"sandboxd runs in the cgroup {here}, which systemd has not delegated to it: "
                 f"start it from a unit with Delegate=yes (deploy/systemd/sandboxd.service), "

@@ -1,11 +1,11 @@
 """Every cgroup v2 limit on a real v2 host (the test VM), measured with the kernel's counters.
 
 The VM boots Debian's 6.1 kernel with systemd as PID 1; the guest runner is a ``Delegate=yes``
-unit, so the daemon under test claims that unit's subtree exactly as it would its own
-service's. Each test reads the sandbox's cgroup files directly (``cpu.stat``, ``memory.events``,
-``io.stat``, ``pids.events``, ``cgroup.events``) and compares rates over wall time with a
-tolerance. ``record`` writes each measured value to ``$SBXVM_RESULTS/v2-results.json`` for the
-table ``make test-v2`` prints.
+unit, so the daemon under test puts its sandboxes into a delegated scope of their own, as it
+would from its own service. Each test reads the sandbox's cgroup files directly (``cpu.stat``,
+``memory.events``, ``io.stat``, ``pids.events``, ``cgroup.events``) and compares rates over
+wall time with a tolerance. ``record`` writes each measured value to
+``$SBXVM_RESULTS/v2-results.json`` for the table ``make test-v2`` prints.
 """
 
 from __future__ import annotations
@@ -135,25 +135,28 @@ def running(client: Client, command: list[str], **fields: Any) -> dict[str, Any]
 BUSY = [PYTHON, "-c", "while True: pass"]
 
 
-# -- layout: the daemon claimed the delegated subtree -----------------------------------------
+# -- layout: the sandboxes live in the delegated scope, the daemon's unit is left alone -------
 
 
-def test_daemon_claims_its_delegated_subtree(v2d: Daemon, vera: Client) -> None:
+def test_sandboxes_live_in_a_delegated_scope(v2d: Daemon, vera: Client) -> None:
     assert v2d.admin.call("GET", "/api/status")["cgroup_version"] == 2
     assert v2d.proc is not None
     here = cgroups.own_cgroup(v2d.proc.pid)
     unit = cgroups.delegated_ancestor(CG, here)
-    assert unit is not None and here == f"/{unit}/{cgroups.SUPERVISOR}", here
-    assert read(f"{CG}/{unit}/cgroup.procs") == ""  # no-internal-processes: the root is empty
-    enabled = read(f"{CG}/{unit}/cgroup.subtree_control").split()
+    assert unit is not None and here == f"/{unit}", here  # the daemon did not move itself
+    scope = cgroups.find_scope(CG, v2d.instance)
+    assert scope == f"{os.path.dirname(unit)}/{v2d.instance}-sandboxes.scope", scope
+    assert read(f"{CG}/{scope}/cgroup.procs") == ""  # no-internal-processes: holder in a leaf
+    assert read(f"{CG}/{scope}/{cgroups.HOLDER}/cgroup.procs") != ""
+    enabled = read(f"{CG}/{scope}/cgroup.subtree_control").split()
     assert {"cpu", "memory", "pids", "io"} <= set(enabled)
     sb = running(vera, ["sleep", "60"])
     try:
-        assert cgdir(sb) == f"{CG}/{unit}/{v2d.instance}/vera/{sb['id']}"
-        assert not os.path.exists(f"{CG}/{v2d.instance}")  # nothing outside the subtree
+        assert cgdir(sb) == f"{CG}/{scope}/{v2d.instance}/vera/{sb['id']}"
+        assert not os.path.exists(f"{CG}/{v2d.instance}")  # nothing outside the scope
     finally:
         remove(vera, sb)
-    record("delegation", "daemon in <unit>/supervisor", here)
+    record("delegation", "sandboxes in <slice>/<instance>-sandboxes.scope", f"/{scope}")
 
 
 # -- CPU --------------------------------------------------------------------------------------
@@ -385,10 +388,9 @@ def test_io_max_throttles_direct_io_on_the_virtio_disk(
 
 
 def _driver(v2d: Daemon) -> cgroups.CgroupV2:
-    assert v2d.proc is not None
-    unit = cgroups.delegated_ancestor(CG, cgroups.own_cgroup(v2d.proc.pid))
-    assert unit is not None
-    return cgroups.CgroupV2(v2d.instance, CG, unit)
+    scope = cgroups.find_scope(CG, v2d.instance)
+    assert scope is not None
+    return cgroups.CgroupV2(v2d.instance, CG, scope)
 
 
 def test_freeze_through_cgroup_freeze_and_events(v2d: Daemon, vera: Client) -> None:
@@ -490,6 +492,71 @@ def test_patch_changes_limits_while_running(vera: Client) -> None:
     ok = 0.2 <= after <= 0.3 and before > 0.5
     record("PATCH cpus 1.0 → 0.25", "0.25 CPU", f"{before:.2f} → {after:.3f} CPU", ok)
     assert ok, (before, after)
+
+
+def test_patch_changes_memory_high_and_cpu_weight_live(vera: Client) -> None:
+    """``memory_high`` and ``cpu_weight`` are live limits: a PATCH writes ``memory.high`` (the
+    kernel reclaims down to it at once) and ``cpu.weight`` (the share of a contended CPU)."""
+    hold = (
+        "import time\nb = bytearray(96 * 2**20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
+        "print('held', flush=True)\ntime.sleep(600)"
+    )
+    sb = running(vera, [PYTHON, "-c", hold], profile="throttled")
+    try:
+        path = cgdir(sb)
+        wait_until(lambda: "held" in vera.logs(sb["id"])["stdout"], timeout=300)
+        before = int(read(f"{path}/memory.current"))
+        url = f"/api/sandboxes/{sb['id']}"
+        assert vera.call("PATCH", url, json={"memory_high": 0})["limits"]["memory_high"] is None
+        assert read(f"{path}/memory.high") == "max"
+        assert vera.request("PATCH", url, json={"memory_high": "1g"}).status_code == 400
+        vera.call("PATCH", url, json={"memory_high": "24m"})
+        assert read(f"{path}/memory.high") == str(24 * MiB)
+        wait_until(lambda: int(read(f"{path}/memory.current")) <= 28 * MiB, timeout=60)
+        after = int(read(f"{path}/memory.current"))
+        alive = vera.call("GET", url)["state"] == "running"
+        oom = keyed(f"{path}/memory.events")["oom_kill"]
+    finally:
+        remove(vera, sb)
+    ok = alive and oom == 0 and before > 40 * MiB
+    record(
+        "PATCH memory_high 48m → off → 24m",
+        "memory.current follows, no kill",
+        f"memory.current {before / MiB:.1f} → {after / MiB:.1f} MiB, oom_kill={oom}",
+        ok,
+    )
+    assert ok, (before, after, alive, oom)
+
+    pinned = ["taskset", "-c", "0", *BUSY]
+    a = running(vera, pinned, profile="weighted", cpus=1.0)
+    b = running(vera, pinned, profile="weighted", cpus=1.0)
+    try:
+        ap, bp = cgdir(a), cgdir(b)
+        url = f"/api/sandboxes/{b['id']}"
+        assert vera.request("PATCH", url, json={"cpu_weight": 301}).status_code == 429
+        time.sleep(1.0)
+        even = _ratio(ap, bp, 4.0)
+        assert vera.call("PATCH", url, json={"cpu_weight": 100})["limits"]["cpu_weight"] == 100
+        assert read(f"{bp}/cpu.weight") == "100"
+        time.sleep(0.5)
+        skewed = _ratio(ap, bp, 5.0)
+    finally:
+        remove(vera, a, b)
+    ok = 0.7 <= even <= 1.4 and 2.2 <= skewed <= 4.0
+    record(
+        "PATCH cpu_weight 300 → 100",
+        "300:300 → 1.0, 300:100 → 3.0 on one CPU",
+        f"{even:.2f} → {skewed:.2f} (cpu.stat)",
+        ok,
+    )
+    assert ok, (even, skewed)
+
+
+def _ratio(a: str, b: str, seconds: float) -> float:
+    """CPU used by cgroup ``a`` over that used by ``b`` in ``seconds`` of wall time."""
+    a0, b0 = usage(a), usage(b)
+    time.sleep(seconds)
+    return (usage(a) - a0) / max(1e-6, usage(b) - b0)
 
 
 # -- stats, metrics ------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 The unit file is installed as is under ``/run/systemd/system`` with a drop-in that only points
 ``ExecStart=`` at this checkout and a test instance, and joins the test network namespace so
-the tests can reach it. Then: the daemon moves itself into ``<unit>/supervisor``, enables its
-controllers there and nowhere above, a sandbox's limits land under the unit, a restart
-re-adopts a running sandbox, ``sandboxd cleanup`` from outside the unit finds the subtree, and
-an undelegated unit refuses to start with the fix in its error.
+the tests can reach it. Then: the daemon stays in the unit's cgroup and enables nothing there,
+the sandboxes live in the delegated ``<instance>-sandboxes.scope`` beside it, a restart of the
+unit (``KillMode=process``) starts a new daemon that re-adopts a running sandbox (the restart
+systemd 252 refused with EBUSY while the sandboxes' cgroups were below the unit), ``sandboxd
+cleanup`` from outside removes the scope, and an undelegated unit refuses to start with the fix
+in its error.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from conftest import (
     other_instance,
 )
 from helpers import wait_until
+from v2_limits import record
 
 from sandboxd.runtime import cgroups
 
@@ -97,6 +100,10 @@ class Unit:
     def cgroup(self) -> str:
         return f"system.slice/{self.name}"
 
+    @property
+    def scope(self) -> str:
+        return f"system.slice/{cgroups.scope_name(self.instance)}"
+
     def stop(self) -> None:
         systemctl("stop", self.name, check=False)
         wait_until(
@@ -126,11 +133,10 @@ class Unit:
     def remove(self) -> None:
         self.stop()
         cleanup_from_outside(self)
-        for leaf in (cgroups.SUPERVISOR, ""):  # systemd prunes an empty unit cgroup; help it
-            try:
-                os.rmdir(os.path.join(CG, self.cgroup, leaf))
-            except OSError:
-                pass
+        try:  # systemd prunes an empty unit cgroup; help it
+            os.rmdir(os.path.join(CG, self.cgroup))
+        except OSError:
+            pass
         shutil.rmtree(self.path + ".d", ignore_errors=True)
         if os.path.exists(self.path):
             os.unlink(self.path)
@@ -153,52 +159,70 @@ def unit() -> Iterator[Unit]:
     u.remove()
 
 
-def test_shipped_unit_delegates_and_daemon_owns_only_its_subtree(unit: Unit) -> None:
+def test_shipped_unit_restarts_and_readopts_sandboxes_in_their_scope(unit: Unit) -> None:
     assert PREFIX in unit.name
     text = open(unit.path).read()
     assert "Delegate=yes" in text and "KillMode=process" in text
     top_before = open(f"{CG}/cgroup.subtree_control").read()
-    slice_before = open(f"{CG}/system.slice/cgroup.subtree_control").read()
     admin = unit.start()
     pid = unit.main_pid()
-    assert cgroups.own_cgroup(pid) == f"/{unit.cgroup}/{cgroups.SUPERVISOR}"
-    assert open(f"{CG}/{unit.cgroup}/cgroup.procs").read() == ""
+    assert cgroups.own_cgroup(pid) == f"/{unit.cgroup}"  # the daemon stays where systemd put it
+    assert open(f"{CG}/{unit.cgroup}/cgroup.subtree_control").read().strip() == ""
+    scope = f"{CG}/{unit.scope}"
+    assert cgroups.find_scope(CG, unit.instance) == unit.scope
+    assert os.getxattr(scope, "trusted.delegate") == b"1"
+    assert open(f"{scope}/cgroup.procs").read() == ""
+    assert open(f"{scope}/{cgroups.HOLDER}/cgroup.procs").read().strip() != ""
     assert {"cpu", "memory", "pids", "io"} <= set(
-        open(f"{CG}/{unit.cgroup}/cgroup.subtree_control").read().split()
+        open(f"{scope}/cgroup.subtree_control").read().split()
     )
     body = admin.call("POST", "/api/users", json={"name": "sam"})
     sam = Client(unit.url, body["token"])
     sb = sam.run(["sleep", "600"], cpus=0.5, memory="64m")
-    sandbox_dir = f"{CG}/{unit.cgroup}/{unit.instance}/sam/{sb['id']}"
+    sandbox_dir = f"{scope}/{unit.instance}/sam/{sb['id']}"
     wait_until(lambda: os.path.exists(f"{sandbox_dir}/cgroup.procs"))
     assert open(f"{sandbox_dir}/memory.max").read().strip() == str(64 << 20)
     assert open(f"{sandbox_dir}/cpu.max").read().strip() == "50000 100000"
     assert not os.path.exists(f"{CG}/{unit.instance}")
-    # nothing written above the unit: the slice's and the root's controllers are untouched
-    assert open(f"{CG}/cgroup.subtree_control").read() == top_before
-    assert open(f"{CG}/system.slice/cgroup.subtree_control").read() == slice_before
+    assert not os.path.exists(f"{CG}/{unit.cgroup}/{unit.instance}")
+    assert open(f"{CG}/cgroup.subtree_control").read() == top_before  # nothing written above
+    inside = open(f"{sandbox_dir}/cgroup.procs").read().split()
+    assert inside
 
     # KillMode=process: a restart keeps the sandbox, the new daemon re-adopts it
+    t0 = time.monotonic()
     systemctl("restart", unit.name)
     wait_until(lambda: unit.main_pid() not in (0, pid), timeout=60)
     admin = unit.wait_up()
-    assert cgroups.own_cgroup(unit.main_pid()) == f"/{unit.cgroup}/{cgroups.SUPERVISOR}"
+    took = time.monotonic() - t0
+    assert cgroups.own_cgroup(unit.main_pid()) == f"/{unit.cgroup}"
     assert sam.call("GET", f"/api/sandboxes/{sb['id']}")["state"] == "running"
-    sam.call("DELETE", f"/api/sandboxes/{sb['id']}?force=1")
-    assert not os.path.exists(sandbox_dir)
+    assert open(f"{sandbox_dir}/cgroup.procs").read().split() == inside
+    second = sam.run(["sleep", "600"], memory="32m")  # the new daemon found the same scope
+    second_dir = f"{scope}/{unit.instance}/sam/{second['id']}"
+    wait_until(lambda: os.path.exists(f"{second_dir}/cgroup.procs"))
+    assert open(f"{second_dir}/memory.max").read().strip() == str(32 << 20)
+    for made in (sb, second):
+        sam.call("DELETE", f"/api/sandboxes/{made['id']}?force=1")
+    assert not os.path.exists(sandbox_dir) and not os.path.exists(second_dir)
+    record(
+        "systemd restart (KillMode=process)",
+        "new daemon, sandbox re-adopted",
+        f"up again in {took:.1f} s, sandbox running, same processes",
+    )
 
 
-def test_cleanup_from_outside_the_unit_finds_its_subtree(unit: Unit) -> None:
+def test_cleanup_from_outside_the_unit_removes_the_scope(unit: Unit) -> None:
     admin = unit.start()
     body = admin.call("POST", "/api/users", json={"name": "sue"})
     sb = Client(unit.url, body["token"]).run(["sleep", "600"])
-    user_dir = f"{CG}/{unit.cgroup}/{unit.instance}/sue"
+    user_dir = f"{CG}/{unit.scope}/{unit.instance}/sue"
     wait_until(lambda: os.path.isdir(f"{user_dir}/{sb['id']}"))
-    unit.stop()  # KillMode=process: the sandbox survives its daemon
-    assert os.path.isdir(f"{user_dir}/{sb['id']}")
+    unit.stop()  # KillMode=process, and the sandboxes are in their own scope: they survive
+    assert open(f"{user_dir}/{sb['id']}/cgroup.procs").read().strip() != ""
     done = cleanup_from_outside(unit)
     assert done.returncode == 0, done.stderr
-    assert not os.path.exists(f"{CG}/{unit.cgroup}/{unit.instance}")
+    assert not os.path.exists(f"{CG}/{unit.scope}")
 
 
 def test_undelegated_unit_refuses_to_start_naming_the_fix() -> None:
@@ -210,7 +234,7 @@ def test_undelegated_unit_refuses_to_start_naming_the_fix() -> None:
         assert "not delegated" in log, log
         time.sleep(0.5)
         assert systemctl("is-active", u.name, check=False).stdout.strip() != "active"
-        assert not os.path.exists(f"{CG}/{u.instance}")
+        assert not os.path.exists(f"{CG}/{u.instance}") and not os.path.exists(f"{CG}/{u.scope}")
     finally:
         u.remove()
 
@@ -240,3 +264,82 @@ def test_missing_controller_is_named_with_the_fix() -> None:
         for path in (inner, outer):
             if os.path.isdir(path):
                 os.rmdir(path)
+
+
+def test_why_not_below_the_unit_a_restart_fails_with_ebusy() -> None:
+    """The failure the scope avoids, shown with systemd itself: a ``Delegate=yes``,
+    ``KillMode=process`` unit whose own cgroup enabled a controller for a child cgroup that
+    outlives the main process (as the sandboxes did when they lived below the daemon's unit)
+    cannot start again: systemd's "-pids" on the unit's cgroup fails (a child uses it), then
+    attaching the new main process to it fails (EBUSY, no-internal-processes) and the start
+    fails with status 219/CGROUP."""
+    name = f"{PREFIX}-ebusy.service"
+    path = os.path.join(UNIT_DIR, name)
+    cg = f"{CG}/system.slice/{name}"
+    script = f"{UNIT_DIR}/{PREFIX}-ebusy.sh"
+    with open(script, "w") as fh:
+        fh.write(
+            f"[ -d {cg}/kept ] && exec sleep 600\n"  # the second start, if it ever ran
+            f"mkdir {cg}/leaf && echo $$ > {cg}/leaf/cgroup.procs\n"
+            f"echo +pids > {cg}/cgroup.subtree_control\n"  # as <unit>/<instance>/<user>/<sb>:
+            f"mkdir {cg}/kept && echo +pids > {cg}/kept/cgroup.subtree_control\n"
+            f"mkdir {cg}/kept/sb\n"
+            f"sh -c 'echo $$ > {cg}/kept/sb/cgroup.procs; exec sleep 600' &\n"
+            "exec sleep 600\n"
+        )
+    with open(path, "w") as fh:
+        fh.write(
+            f"[Service]\nExecStart=/bin/sh {script}\nDelegate=yes\nKillMode=process\nRestart=no\n"
+        )
+    systemctl("daemon-reload")
+    try:
+        systemctl("start", name)
+        wait_until(lambda: os.path.exists(f"{cg}/kept/sb/cgroup.procs"), timeout=60)
+        wait_until(lambda: open(f"{cg}/kept/sb/cgroup.procs").read().strip() != "", timeout=60)
+        first = int(systemctl("show", "-p", "MainPID", "--value", name).stdout)
+        systemctl("restart", name)
+
+        def result() -> str:
+            out = systemctl(
+                "show", "-p", "ActiveState", "-p", "ExecMainStatus", "-p", "MainPID", name
+            ).stdout
+            fields = dict(line.split("=", 1) for line in out.split())
+            if fields["ActiveState"] in ("failed", "inactive") or fields["MainPID"] not in (
+                "0",
+                str(first),
+            ):
+                return f"{fields['ActiveState']}, status {fields['ExecMainStatus']}"
+            return ""
+
+        state = wait_until(result, timeout=60)
+        log = subprocess.run(
+            ["journalctl", "-b", "--no-pager", "-u", name], capture_output=True, text=True
+        ).stdout
+    finally:
+        subprocess.run(["sh", "-c", f"echo 1 > {cg}/kept/sb/cgroup.kill"], capture_output=True)
+        systemctl("stop", name, check=False)
+        for leaf in ("kept/sb", "kept", "leaf", ""):
+            wait_until(lambda leaf=leaf: _rmdir(f"{cg}/{leaf}"), timeout=20)
+        os.unlink(path)
+        os.unlink(script)
+        systemctl("daemon-reload")
+        systemctl("reset-failed", name, check=False)
+    attach = [line for line in log.splitlines() if "cgroup" in line.lower() and "busy" in line]
+    record(
+        "restart below the unit (old design)",
+        "fails on systemd 252 (why the scope)",
+        f"{state}; {attach[0].split(': ', 1)[-1] if attach else 'no EBUSY line'}",
+        state == "failed, status 219" and bool(attach),
+    )
+    assert state == "failed, status 219", (state, log)
+    assert attach, log
+
+
+def _rmdir(path: str) -> bool:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True

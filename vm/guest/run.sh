@@ -35,4 +35,5 @@ start=$(date +%s)
 code=$?
 echo "pytest exit $code after $(( $(date +%s) - start )) s"
 cp /tmp/sbxg*.log "$R/" 2>/dev/null
+journalctl -b --no-pager -o short-monotonic > "$R/journal.log" 2>&1  # systemd's side of it
 echo "$code" > "$R/exit-code"
