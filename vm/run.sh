@@ -7,6 +7,7 @@ B=$(cd "$1" && pwd); R=$2; shift 2
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 rm -rf "$R"; mkdir -p "$R"; R=$(cd "$R" && pwd)
 [ -n "${SBXVM_PYTEST_ARGS:-}" ] && echo "$SBXVM_PYTEST_ARGS" > "$R/pytest-args"
+start=$(date +%s)
 truncate -s 256M "$R/io.img"
 truncate -s 256M "$R/swap.img"
 timeout "${SBXVM_TIMEOUT:-2400}" qemu-system-x86_64 -accel tcg -smp 2 -m 2048 \
@@ -19,6 +20,7 @@ timeout "${SBXVM_TIMEOUT:-2400}" qemu-system-x86_64 -accel tcg -smp 2 -m 2048 \
     -drive file="$R/swap.img",if=virtio,format=raw,cache=unsafe \
     > "$R/console.log" 2>&1 || echo "vm: qemu ended with $?" >&2
 rm -f "$R/io.img" "$R/swap.img"
+echo "vm: $(( $(date +%s) - start )) s from boot to power-off"
 tail -n 40 "$R/guest.log" 2>/dev/null || tail -n 40 "$R/console.log"
 python3 "$SRC/vm/report.py" "$R" || true
 test -f "$R/exit-code" || { echo "vm: the guest wrote no exit code (see $R/console.log)" >&2; exit 1; }
