@@ -1196,14 +1196,17 @@ def _start_holder(argv: list[str], timeout: float, until: str, what: str) -> Non
     """Run ``argv`` (which ends in a holder that never exits) detached from our session, and
     wait until ``until`` (a cgroup) holds a process; its early exit is an error."""
     with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-            cwd="/",  # pins no mount
-            start_new_session=True,  # a ^C or SIGTERM to the daemon's group does not reach it
-        )
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                cwd="/",  # pins no mount
+                start_new_session=True,  # a ^C or SIGTERM to the daemon's group does not reach it
+            )
+        except OSError as exc:
+            raise CgroupError(f"cannot {what}: {argv[0]}: {exc.strerror}") from exc
         _HOLDERS.append(proc)  # Popen reaps it if it ever ends while we run
         deadline = time.monotonic() + timeout
         while not _read_procs(os.path.join(until, "cgroup.procs")):
