@@ -101,16 +101,41 @@ def limits_for(req: SandboxCreate, profile: Profile) -> Limits:
         io_write_bps=device_rates(req.device_write_bps, "device_write_bps", True),
         io_read_iops=device_rates(req.device_read_iops, "device_read_iops", False),
         io_write_iops=device_rates(req.device_write_iops, "device_write_iops", False),
+        memory_high=profile.memory_high or None,
+        cpu_weight=None if profile.cpu_weight == 100 else profile.cpu_weight,
     )
 
 
 def updated_limits(old: Limits, req: LimitsUpdate, profile: Profile) -> Limits:
-    """A running sandbox's limits with ``req`` applied, within its profile's maxima."""
+    """A running sandbox's limits with ``req`` applied, within its profile: ``cpus``,
+    ``memory`` and ``pids`` up to the profile's maxima, as at create; ``memory_high`` 4m up to
+    the sandbox's memory (0 = off), a throttle the tenant sets on itself; ``cpu_weight`` up to
+    the profile's, so a tenant may yield CPU share under contention but never take more."""
     cpus = req.cpus if req.cpus is not None else old.cpus or profile.cpus
     memory = req.memory if req.memory is not None else old.memory or profile.memory
     pids = req.pids if req.pids is not None else old.pids or profile.pids
     check_profile_limits(profile, cpus, memory, pids, old.disk or 0)
-    return dataclasses.replace(old, cpus=cpus, memory=memory, pids=pids)
+    memory_high = old.memory_high
+    if req.memory_high is not None:
+        if req.memory_high and not 4 << 20 <= req.memory_high <= memory:
+            raise InvalidRequest(
+                f"memory_high: must be 0 (off) or between 4m and the sandbox's memory "
+                f"({format_size(memory)})",
+                reason=Reason.INVALID,
+            )
+        memory_high = req.memory_high or None
+    cpu_weight = old.cpu_weight
+    if req.cpu_weight is not None:
+        if req.cpu_weight > profile.cpu_weight:
+            raise QuotaExceeded(
+                f"cpu_weight {req.cpu_weight} is above the weight of profile {profile.name!r} "
+                f"({profile.cpu_weight})",
+                reason=Reason.PROFILE_LIMIT,
+            )
+        cpu_weight = req.cpu_weight  # kept even at 100: v1 writes cpu.shares only when set
+    return dataclasses.replace(
+        old, cpus=cpus, memory=memory, pids=pids, memory_high=memory_high, cpu_weight=cpu_weight
+    )
 
 
 def check_profile_limits(profile: Profile, cpus: float, memory: int, pids: int, disk: int) -> None:

@@ -114,6 +114,8 @@ def _check_profile(name: str, p: Profile) -> None:
     ):
         if value > most:
             raise _bad(f"{where}.{key}", f"default {show(value)} is above max_{key} {show(most)}")
+    if p.memory_high and not 4 << 20 <= p.memory_high <= p.max_memory:
+        raise _bad(f"{where}.memory_high", "must be 0 (off) or between 4m and max_memory")
 
 
 def build(data: dict[str, Any], source: str = "<embedded>") -> Config:

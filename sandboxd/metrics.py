@@ -360,6 +360,21 @@ NETWORK_FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("network_receive_errors", "network_rx_errors", "Receive errors."),
     ("network_transmit_errors", "network_tx_errors", "Transmit errors."),
 )
+#: cgroup v2 only, absent on v1 hosts: pressure stall information (cAdvisor's naming: waiting =
+#: PSI ``some``, stalled = ``full``) and ``memory.events``, as counters per sandbox and per user
+#: (a user's level counts its sandboxes, ended ones included, while the user has any).
+V2_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("pressure_cpu_waiting_seconds", "Time some tasks waited for a CPU (PSI cpu some)."),
+    ("pressure_cpu_stalled_seconds", "Time all tasks waited for a CPU (PSI cpu full)."),
+    ("pressure_memory_waiting_seconds", "Time some tasks stalled on memory (PSI memory some)."),
+    ("pressure_memory_stalled_seconds", "Time all tasks stalled on memory (PSI memory full)."),
+    ("pressure_io_waiting_seconds", "Time some tasks waited for IO (PSI io some)."),
+    ("pressure_io_stalled_seconds", "Time all tasks waited for IO (PSI io full)."),
+    ("memory_events_high", "Times usage went over memory.high and was throttled."),
+    ("memory_events_max", "Times usage hit memory.max (allocation failed or reclaimed)."),
+    ("memory_events_oom", "Times the OOM state was entered at memory.max."),
+    ("memory_events_oom_kill", "Processes killed by the OOM killer (memory.events oom_kill)."),
+)
 INFO_LABELS = ("sandbox", "name", "user", "kind", "profile", "image", "kernel_name")
 
 
@@ -388,6 +403,7 @@ class Snapshot:
     started_at: float
     stats: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     counters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    user_pressure: dict[str, dict[str, float]] = field(default_factory=dict)  # cgroup v2 only
 
 
 class DaemonCollector:
@@ -426,6 +442,7 @@ class DaemonCollector:
             key: _family(f"sandbox_{name}", doc, ["sandbox"], True)
             for name, key, doc in NETWORK_FAMILIES
         }
+        v2 = {name: _family(f"sandbox_{name}", doc, ["sandbox"], True) for name, doc in V2_FAMILIES}
         info = GaugeMetricFamily(
             "sandboxd_sandbox_info",
             "Descriptive labels of a live sandbox, for joins; always 1.",
@@ -442,7 +459,7 @@ class DaemonCollector:
             stats = all_stats.get(rec.id)
             if stats is None:  # ended between the listing and the read
                 continue
-            for key, fam in fams.items():
+            for key, fam in (*fams.items(), *v2.items()):
                 value = stats.get(key)
                 if value is not None:
                     fam.add_metric([rec.id], value)
@@ -469,6 +486,7 @@ class DaemonCollector:
         yield info
         yield started
         yield from fams.values()
+        yield from (fam for fam in v2.values() if fam.samples)
         yield from (fam for key, fam in net.items() if key in seen_net)
 
     def _users(self, records: list[Any], stats: dict[str, Any]) -> Iterator[Metric]:
@@ -505,6 +523,7 @@ class DaemonCollector:
             "OOM kills in the user's sandboxes, live and ended.",
             labels=["user"],
         )
+        v2 = {name: _family(f"user_{name}", doc, ["user"], True) for name, doc in V2_FAMILIES}
         live_ooms: dict[str, int] = defaultdict(int)
         by_user: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(KINDS, 0))
         for rec in records:
@@ -528,11 +547,16 @@ class DaemonCollector:
             for reason in sorted(reasons):
                 refusals.add_metric([user, reason], _refusals.get((user, reason), 0))
             ooms.add_metric([user], _oom_exited.get(user, 0) + live_ooms.get(user, 0))
+            level = snap.user_pressure.get(user)
+            for name, fam in v2.items():
+                if level and name in level:
+                    fam.add_metric([user], level[name])
         yield running
         yield from quota.values()
         yield from used.values()
         yield refusals
         yield ooms
+        yield from (fam for fam in v2.values() if fam.samples)
 
 
 class _Scrape:

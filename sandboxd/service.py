@@ -440,7 +440,10 @@ class Sandboxd:
         )
 
     async def update_limits(self, actor: User, ref: str, body: Any) -> SandboxRecord:
-        """Change cpus / memory / pids of a running sandbox, within its profile and the quota."""
+        """Change cpus, memory, pids, memory_high or cpu_weight of a running sandbox, within
+        its profile and the quota. The new limits are recorded (and so counted by every other
+        admission) before the cgroup write is awaited, and put back if it fails: two changes or
+        a change and a create racing cannot both pass the quota."""
         rec = self.lookup(actor, ref)
         if rec.id not in self.runtime.live:
             raise Conflict(f"sandbox {rec.id} is not running", reason="not-running")
@@ -454,12 +457,16 @@ class Sandboxd:
         usage.cpus -= old.cpus or 0.0
         quota, _ = self.quota_for(rec.user)
         admission.check_quota(rec.user, quota, usage, new)
-        await blocking.run(self.runtime.cgroups.update, rec.user, rec.id, new)
-        spec = dataclasses.replace(spec, limits=new)
-        self.store.update_sandbox(rec.id, spec=json.dumps(spec.to_json()))
+        updated = dataclasses.replace(spec, limits=new)
+        self.store.update_sandbox(rec.id, spec=json.dumps(updated.to_json()))
+        try:
+            await blocking.run(self.runtime.cgroups.update, rec.user, rec.id, new)
+        except BaseException:
+            self.store.update_sandbox(rec.id, spec=json.dumps(spec.to_json()))
+            raise
         live = self.runtime.live.get(rec.id)
         if live is not None:
-            live.spec = spec
+            live.spec = updated
         self.store.audit(actor.name, "update", rec.id, json.dumps(body))
         return self.lookup(actor, rec.id)
 
@@ -595,6 +602,11 @@ class Sandboxd:
         def fill_and_render() -> bytes:
             snap.stats = {r.id: self.raw_stats(r) for r in records}
             snap.counters = NetworkManager.counters(links) if links else {}
+            for user in users:
+                with contextlib.suppress(SandboxdError, OSError):
+                    level = self.runtime.cgroups.user_pressure(user)
+                    if level:
+                        snap.user_pressure[user] = level
             return metrics.render(snap)
 
         return await blocking.run(fill_and_render)

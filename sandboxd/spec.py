@@ -19,6 +19,9 @@ class Limits:
     """Resource limits of one sandbox (or, for the user level, of all a user's sandboxes).
 
     ``None`` means unlimited. ``swap`` is swap allowed *beyond* ``memory`` (0 = no swap).
+    ``memory_high`` is the throttle point below ``memory`` (cgroup v2 ``memory.high``: reclaim
+    and slow down, never kill); ``cpu_weight`` the share under contention (1..10000, 100 =
+    the kernel's default). Both ``None`` = not set.
     """
 
     cpus: float | None = None
@@ -30,6 +33,8 @@ class Limits:
     io_write_bps: tuple[DeviceRate, ...] = ()
     io_read_iops: tuple[DeviceRate, ...] = ()
     io_write_iops: tuple[DeviceRate, ...] = ()
+    memory_high: int | None = None
+    cpu_weight: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

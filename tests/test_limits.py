@@ -109,6 +109,16 @@ def test_limits_of_a_running_sandbox_change(alice: Client) -> None:
         assert stats["memory_limit"] == 128 * 1024 * 1024 and stats["pids_limit"] == 48
         resp = alice.request("PATCH", f"/api/sandboxes/{sb['id']}", json={"memory": "99g"})
         assert resp.status_code == 429
+        # cpu_weight is live too, up to the profile's (100 by default); cpu.shares on v1
+        updated = alice.call("PATCH", f"/api/sandboxes/{sb['id']}", json={"cpu_weight": 50})
+        assert updated["limits"]["cpu_weight"] == 50
+        for body, status, reason in (
+            ({"cpu_weight": 101}, 429, "profile-limit"),
+            ({"memory_high": "1g"}, 400, "invalid"),  # above the sandbox's memory
+            ({"swap": "1g"}, 400, "invalid"),  # not a live limit
+        ):
+            resp = alice.request("PATCH", f"/api/sandboxes/{sb['id']}", json=body)
+            assert (resp.status_code, resp.json()["reason"]) == (status, reason), body
     finally:
         alice.call("DELETE", f"/api/sandboxes/{sb['id']}?force=1")
 

@@ -287,6 +287,32 @@ def overview() -> dict[str, Any]:
                 unit="reqps",
             ),
             panel(
+                "Memory pressure by user (share of time stalled, cgroup v2)",
+                [
+                    (
+                        f"topk(10, rate(sandboxd_user_pressure_memory_stalled_seconds_total{{{I}}}[{RI}]))",
+                        "{{user}} stalled",
+                    ),
+                    (
+                        f"topk(10, rate(sandboxd_user_pressure_memory_waiting_seconds_total{{{I}}}[{RI}]))",
+                        "{{user}} waiting",
+                    ),
+                ],
+                unit="percentunit",
+                description="PSI: waiting = some task stalled on memory, stalled = all tasks were.",
+            ),
+            panel(
+                "CPU and IO pressure by user (share of time waiting, cgroup v2)",
+                [
+                    (
+                        f"topk(10, rate(sandboxd_user_pressure_{r}_waiting_seconds_total{{{I}}}[{RI}]))",
+                        f"{{{{user}}}} {r}",
+                    )
+                    for r in ("cpu", "io")
+                ],
+                unit="percentunit",
+            ),
+            panel(
                 "Users near quota (use ratio)",
                 [(f"topk(10, user:sandboxd_user_quota_use:ratio{{{I}}})", "{{user}} {{resource}}")],
                 unit="percentunit",
@@ -399,6 +425,35 @@ def per_user() -> dict[str, Any]:
                     ),
                 ],
             ),
+            panel(
+                "Pressure stall (share of time, cgroup v2)",
+                [
+                    (
+                        f"rate(sandboxd_user_pressure_{r}_{k}_seconds_total{{{u}}}[{RI}])",
+                        f"{r} {k} {{{{user}}}}",
+                    )
+                    for r in ("cpu", "memory", "io")
+                    for k in ("waiting", "stalled")
+                ],
+                unit="percentunit",
+                description="PSI of the user's cgroup: waiting = some task stalled, stalled = all.",
+            ),
+            panel(
+                "memory.events (per interval, cgroup v2)",
+                [
+                    (
+                        f"increase(sandboxd_user_memory_events_{e}_total{{{u}}}[{RI}])",
+                        f"{e} {{{{user}}}}",
+                    )
+                    for e in ("high", "max", "oom", "oom_kill")
+                ],
+                description="high: throttled at memory.high; max: at memory.max; oom_kill: killed.",
+            ),
+            panel(
+                "Memory pressure by sandbox (stalled, cgroup v2)",
+                [(by_name("sandboxd_sandbox_pressure_memory_stalled_seconds_total"), "{{name}}")],
+                unit="percentunit",
+            ),
             panel("Sandboxes", [(f"sandboxd_sandbox_info{{{u}}}", "")], kind="table", width=24),
         ],
         variables(user=True, sandbox=False, multi_user=True),
@@ -466,6 +521,24 @@ def per_sandbox() -> dict[str, Any]:
                     (f"sandboxd_sandbox_pids{{{s}}}", "pids"),
                     (f"sandboxd_sandbox_pids_limit{{{s}}}", "limit"),
                 ],
+            ),
+            panel(
+                "Pressure stall (share of time, cgroup v2)",
+                [
+                    (r(f"pressure_{res}_{k}_seconds_total"), f"{res} {k}")
+                    for res in ("cpu", "memory", "io")
+                    for k in ("waiting", "stalled")
+                ],
+                unit="percentunit",
+                description="PSI: waiting = some task stalled on the resource, stalled = all were.",
+            ),
+            panel(
+                "memory.events (per interval, cgroup v2)",
+                [
+                    (f"increase(sandboxd_sandbox_memory_events_{e}_total{{{s}}}[{RI}])", e)
+                    for e in ("high", "max", "oom", "oom_kill")
+                ],
+                description="high: throttled at memory.high (memory_high); max: hit memory.max.",
             ),
             panel(
                 "Block IO bytes",

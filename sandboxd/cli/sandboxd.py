@@ -102,8 +102,10 @@ def cleanup(config: Config, purge: bool) -> int:
     """Remove every host object of an instance: processes, cgroups, run dir (and state)."""
     from ..runtime import cgroups
 
-    driver = cgroups.probe(config.instance)
+    driver = cgroups.probe(config.instance, claim=False)  # look, never move this process
     driver.remove_all()
+    if isinstance(driver, cgroups.CgroupV2):
+        driver.release()  # the sandboxes' scope, if any: systemd removes it once empty
     shutil.rmtree(config.run_dir, ignore_errors=True)
     try:
         from ..runtime import network_cleanup  # type: ignore[attr-defined]

@@ -12,7 +12,15 @@ import ipaddress
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, PrivateAttr, StrictBool, StrictStr, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from ..images.settings import ImageSettings
 from ..network.settings import AllowRule, Cidr, Egress, HostPort, NetworkSettings, egress_of
@@ -59,6 +67,12 @@ class Profile(Model):
     cpus: PositiveFloat = Field(1.0, description="cores a sandbox gets unless it asks")
     memory: size(4 * M) = Field(G, description="memory limit unless asked")
     swap: size() = Field(0, description="swap beyond memory")
+    memory_high: size() = Field(
+        0, description="cgroup v2 memory.high: throttle (never kill) above this; 0 = off"
+    )
+    cpu_weight: Annotated[StrictInt, Field(ge=1, le=10000)] = Field(
+        100, description="cgroup v2 cpu.weight (cpu.shares on v1): the share under contention"
+    )
     pids: count(8) = Field(512, description="most processes at once")
     disk: size() = Field(G, description="size of the writable layer")
     image: StrictStr = Field("host", description="image unless asked")

@@ -14,6 +14,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     WithJsonSchema,
     model_validator,
 )
@@ -215,11 +216,19 @@ class LimitsUpdate(Model):
     cpus: Cpus | None = None
     memory: size(4 << 20) | None = None
     pids: count(8) | None = None
+    memory_high: size() | None = Field(
+        None, description="cgroup v2 memory.high; 0 = off, else 4m up to the sandbox's memory"
+    )
+    cpu_weight: Annotated[StrictInt, Field(ge=1, le=10000)] | None = Field(
+        None, description="cpu.weight, 1 up to the profile's (a tenant may only yield share)"
+    )
 
     @model_validator(mode="after")
     def _some(self) -> LimitsUpdate:
         if not self.model_fields_set:
-            raise ValueError("expected an object with cpus, memory and/or pids")
+            raise ValueError(
+                "expected an object with cpus, memory, pids, memory_high and/or cpu_weight"
+            )
         return self
 
 

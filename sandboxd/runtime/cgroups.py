@@ -8,6 +8,18 @@ What we write is rendered by pure functions (``v2_limit_files``, ``v1_limit_file
 formats can be unit-tested without root; the drivers only decide where and in which order.
 Formats follow the kernel's Documentation/admin-guide/cgroup-v2.rst and cgroup-v1/*.rst.
 
+Delegation (cgroup v2 under systemd): the daemon runs in a unit with ``Delegate=yes``, but its
+sandboxes live in a second delegated cgroup, the transient scope ``<root>-sandboxes.scope`` in the
+daemon's slice, which ``probe`` makes at the first start (``systemd-run --scope -p Delegate=yes``
+around a ``sleep infinity`` holder) and finds again at every later start. The scope outlives the
+daemon: a restart of the daemon's unit never meets cgroups with controllers enabled in its own
+cgroup (systemd 252 would fail to attach the new main process there, EBUSY: the
+no-internal-processes rule), and ``systemctl stop`` of the daemon never touches a sandbox. Inside
+the scope the holder sits in the ``holder`` leaf, our controllers are enabled in the scope's
+``cgroup.subtree_control`` and the layout is ``<scope>/<root>/<user>/<sandbox>``; nothing is
+written outside the scope. ``sandboxd cleanup`` kills the holder last, and systemd then removes
+the empty scope. Outside systemd the layout is rooted at the mount, as before.
+
 Every OSError from cgroupfs is mapped to ``CgroupError`` here (``raise ... from exc``); a limit
 that cannot be expressed is an ``InvalidRequest``. Stats never raise for a missing file: a
 kernel without e.g. ``memory.peak`` reports 0 (or a fallback) instead.
@@ -16,10 +28,13 @@ kernel without e.g. ``memory.peak`` reports 0 (or a fallback) instead.
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import re
 import signal
+import subprocess
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -34,9 +49,14 @@ __all__ = [
     "CgroupStats",
     "CgroupV1",
     "CgroupV2",
+    "HOLDER",
+    "delegated_ancestor",
+    "find_scope",
     "find_v1_mounts",
+    "own_cgroup",
     "probe",
     "read_cgroup_mounts",
+    "scope_name",
     "v1_limit_files",
     "v2_limit_files",
 ]
@@ -46,6 +66,17 @@ CPU_PERIOD_US = 100_000
 
 MIN_CPU_QUOTA_US = 1_000
 """The kernel refuses a CFS quota below 1 ms (EINVAL); we refuse it earlier, with a reason."""
+
+HOLDER = "holder"
+"""The leaf of the sandboxes' scope that holds its keep-alive process (no-internal-processes)."""
+
+SCOPE_SUFFIX = "-sandboxes.scope"
+"""``<root>-sandboxes.scope``: the delegated transient scope the sandboxes of ``<root>`` live in."""
+
+_DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")
+_PSI = ("cpu", "memory", "io")
+_MEMORY_EVENTS = ("high", "max", "oom", "oom_kill")
+log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _DEVICE_RE = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
@@ -73,11 +104,14 @@ _V2_DEFAULTS = {
     "cpu.max": f"max {CPU_PERIOD_US}",
     "memory.max": "max",
     "memory.swap.max": "max",
+    "memory.high": "max",
+    "cpu.weight": "100",
     "pids.max": "max",
 }
 _V1_DEFAULTS = {
     "cpu.cfs_period_us": str(CPU_PERIOD_US),
     "cpu.cfs_quota_us": "-1",
+    "cpu.shares": "1024",
     "memory.limit_in_bytes": "-1",
     "memory.memsw.limit_in_bytes": "-1",
     "memory.oom_control": "0",
@@ -109,6 +143,19 @@ class CgroupStats:
     io_write_bytes: int
     io_read_ops: int
     io_write_ops: int
+    # cgroup v2 only (None on v1): PSI totals, cAdvisor's "waiting" = some, "stalled" = full
+    pressure_cpu_waiting_seconds: float | None = None
+    pressure_cpu_stalled_seconds: float | None = None
+    pressure_memory_waiting_seconds: float | None = None
+    pressure_memory_stalled_seconds: float | None = None
+    pressure_io_waiting_seconds: float | None = None
+    pressure_io_stalled_seconds: float | None = None
+    # memory.events: times over memory.high, at memory.max, OOM, processes OOM-killed
+    memory_events_high: int | None = None
+    memory_events_max: int | None = None
+    memory_events_oom: int | None = None
+    memory_events_oom_kill: int | None = None
+    memory_high: int | None = None
 
 
 # --------------------------------------------------------------------------- pure rendering
@@ -135,6 +182,12 @@ def check_limits(limits: Limits) -> None:
         raise InvalidRequest(f"swap must be >= 0 bytes, got {limits.swap!r}")
     if limits.pids is not None and limits.pids < 1:
         raise InvalidRequest(f"pids must be >= 1, got {limits.pids!r}")
+    if limits.memory_high is not None and limits.memory_high < 1:
+        raise InvalidRequest(
+            f"memory_high must be a positive byte count, got {limits.memory_high!r}"
+        )
+    if limits.cpu_weight is not None and not 1 <= limits.cpu_weight <= 10000:
+        raise InvalidRequest(f"cpu_weight must be 1..10000, got {limits.cpu_weight!r}")
     for field in _IO_KEYS:
         for rule in getattr(limits, field):
             _check_rate(field, rule)
@@ -166,6 +219,8 @@ def v2_limit_files(limits: Limits) -> dict[str, str]:
     ``memory.swap.max`` is swap beyond memory (v2 accounts swap separately); without a memory
     limit swap is not limited either, as on v1 where memsw needs a memory limit. ``io.max`` is
     present only when a device rule is asked, one line per device with all four keys.
+    ``memory.high`` and ``cpu.weight`` are rendered unset as "max" and "100" (a live ``PATCH``
+    may turn them off again).
     """
     check_limits(limits)
     quota = "max" if limits.cpus is None else str(_cpu_quota(limits.cpus))
@@ -174,6 +229,8 @@ def v2_limit_files(limits: Limits) -> dict[str, str]:
         "memory.max": "max" if limits.memory is None else str(limits.memory),
         "memory.swap.max": "max" if limits.memory is None else str(limits.swap),
         "pids.max": "max" if limits.pids is None else str(limits.pids),
+        "memory.high": "max" if limits.memory_high is None else str(limits.memory_high),
+        "cpu.weight": "100" if limits.cpu_weight is None else str(limits.cpu_weight),
     }
     rules = _io_rules(limits)
     if rules:
@@ -189,9 +246,16 @@ def v1_limit_files(limits: Limits) -> dict[str, dict[str, str]]:
 
     v1 spells "unlimited" -1, except ``pids.max`` which takes ``max`` (the kernel rejects -1).
     ``memory.memsw.limit_in_bytes`` is memory + swap. blkio files hold one ``MAJ:MIN RATE``
-    line per device and appear only when a device rule is asked.
+    line per device and appear only when a device rule is asked. ``cpu_weight`` becomes
+    ``cpu.shares`` (100 ↔ 1024, the two defaults); ``memory_high`` has no v1 counterpart.
     """
     check_limits(limits)
+    if limits.memory_high is not None:
+        raise CgroupError(
+            "memory_high needs cgroup v2 (memory.high); this host runs the cgroup v1 memory "
+            "controller: unset memory_high in the profile, or boot the host with "
+            "systemd.unified_cgroup_hierarchy=1"
+        )
     quota = "-1" if limits.cpus is None else str(_cpu_quota(limits.cpus))
     memory = "-1" if limits.memory is None else str(limits.memory)
     memsw = "-1" if limits.memory is None else str(limits.memory + limits.swap)
@@ -205,6 +269,8 @@ def v1_limit_files(limits: Limits) -> dict[str, dict[str, str]]:
         "pids": {"pids.max": "max" if limits.pids is None else str(limits.pids)},
         "blkio": {},
     }
+    if limits.cpu_weight is not None:
+        files["cpu"]["cpu.shares"] = str(max(2, limits.cpu_weight * 1024 // 100))
     for field, name in _BLKIO_FILES.items():
         rates = {rule.device: rule.rate for rule in getattr(limits, field)}
         if rates:
@@ -213,8 +279,11 @@ def v1_limit_files(limits: Limits) -> dict[str, dict[str, str]]:
 
 
 def _aggregate(limits: Limits) -> Limits:
-    """The user level carries only memory, cpus and pids; io is per sandbox."""
-    return Limits(cpus=limits.cpus, memory=limits.memory, swap=limits.swap, pids=limits.pids)
+    """The user level carries only memory, cpus and pids; io is per sandbox. Swap is not part
+    of the user quota: each sandbox's own swap limit bounds it (a user-level ``swap=0`` would
+    forbid every sandbox of the user to swap, whatever its profile allows), so the drivers
+    write "no swap limit" at the user level."""
+    return Limits(cpus=limits.cpus, memory=limits.memory, pids=limits.pids)
 
 
 # --------------------------------------------------------------------------- file helpers
@@ -533,37 +602,143 @@ class CgroupDriver(ABC):
     def thaw(self, user: str, sandbox: str) -> None:
         """Undo ``freeze``."""
 
+    def user_pressure(self, user: str) -> dict[str, float] | None:
+        """PSI totals and memory.events of a user's level (the ``pressure_*`` and
+        ``memory_events_*`` keys of ``CgroupStats``); None where the kernel has none (v1)."""
+        return None
+
 
 # --------------------------------------------------------------------------- cgroup v2
 
 
 class CgroupV2(CgroupDriver):
-    """Unified hierarchy. Also works on a controller-less cgroup2 mount (hybrid hosts'
-    ``/sys/fs/cgroup/unified``): membership, freeze, kill and ``cpu.stat`` need no controller,
-    and any real limit asked there fails loudly naming the missing controller."""
+    """Unified hierarchy, rooted at ``<mount>/<parent>``: ``parent`` is the delegated cgroup
+    of a systemd unit, or "" (the mount itself) where nothing delegates. Also works on a
+    controller-less cgroup2 mount (hybrid hosts' ``/sys/fs/cgroup/unified``): membership,
+    freeze, kill and ``cpu.stat`` need no controller, and any real limit asked there fails
+    loudly naming the missing controller and the fix."""
 
     version = 2
 
+    def __init__(self, root: str, mount: str = "/sys/fs/cgroup", parent: str = "") -> None:
+        super().__init__(root, mount)
+        self.parent = parent.strip("/")
+        self.base = os.path.join(self.mount, self.parent) if self.parent else self.mount
+
     def _hierarchies(self) -> list[str]:
-        return [self.mount]
+        return [self.base]
 
     def _dir(self, user: str | None = None, sandbox: str | None = None) -> str:
-        return os.path.join(self.mount, self._rel(user, sandbox))
+        return os.path.join(self.base, self._rel(user, sandbox))
+
+    def claim(self, timeout: float = 5.0) -> None:
+        """Take the delegated scope: move every process of ``base`` (the holder) into the
+        ``holder`` leaf, then enable our controllers in ``base``'s ``cgroup.subtree_control``
+        (the kernel refuses that while ``base`` holds processes, so a process that arrives
+        meanwhile is moved too, until the write goes through)."""
+        if not self.parent:
+            raise CgroupError("claim() is for a delegated subtree; this driver has none")
+        leaf = os.path.join(self.base, HOLDER)
+        _mkdir(leaf)
+        deadline = time.monotonic() + timeout
+        while True:
+            for pid in _read_procs(os.path.join(self.base, "cgroup.procs")):
+                try:
+                    with open(os.path.join(leaf, "cgroup.procs"), "w") as fh:
+                        fh.write(str(pid))
+                except ProcessLookupError:
+                    pass  # exited meanwhile
+                except OSError as exc:
+                    raise CgroupError(
+                        f"cannot move process {pid} out of the delegated {self.base} into "
+                        f"{leaf}: {exc.strerror}"
+                    ) from exc
+            try:
+                self._enable(self.base)
+                break
+            except CgroupError:
+                if time.monotonic() > deadline or not _read_procs(
+                    os.path.join(self.base, "cgroup.procs")
+                ):
+                    raise
+        missing = [c for c in _V2_CONTROLLERS if c not in self._controllers(self.base)]
+        if missing:
+            log.warning(
+                "cgroup v2: %s; limits that need %s will be refused",
+                self.missing_reason(missing[0]),
+                ", ".join(missing),
+            )
+
+    def release(self, timeout: float = 10.0) -> None:
+        """After ``remove_all``: end the scope's holder so systemd stops the scope and removes
+        its cgroup; waits for that. A no-op for a layout that is not a sandboxes' scope."""
+        if not self.parent.endswith(SCOPE_SUFFIX) or not os.path.isdir(self.base):
+            return
+        leaf = os.path.join(self.base, HOLDER)
+        if os.path.exists(os.path.join(leaf, "cgroup.kill")):
+            _write(os.path.join(leaf, "cgroup.kill"), "1")
+        else:
+            _sigkill_all(_read_procs(os.path.join(leaf, "cgroup.procs")))
+        deadline = time.monotonic() + timeout
+        while os.path.isdir(self.base):
+            if _read_keyed(os.path.join(self.base, "cgroup.events")).get("populated") == 0:
+                try:
+                    _rmdir(leaf, timeout=0.5)  # ours; systemd removes the scope's own cgroup
+                except CgroupError:
+                    pass
+            if time.monotonic() > deadline:
+                raise CgroupError(
+                    f"systemd did not remove the scope {self.base} within {timeout:.0f}s after "
+                    f"its holder ended (see `systemctl status {os.path.basename(self.base)}`)"
+                )
+            time.sleep(0.05)
+
+    @staticmethod
+    def _controllers(path: str) -> set[str]:
+        return set((_read(os.path.join(path, "cgroup.controllers")) or "").split())
+
+    @staticmethod
+    def _enable(path: str) -> None:
+        """Enable every controller of ours that ``path`` has in its subtree_control."""
+        available = CgroupV2._controllers(path)
+        enabled = set((_read(os.path.join(path, "cgroup.subtree_control")) or "").split())
+        wanted = [c for c in _V2_CONTROLLERS if c in available and c not in enabled]
+        if wanted:
+            _write(os.path.join(path, "cgroup.subtree_control"), " ".join(f"+{c}" for c in wanted))
+
+    def missing_reason(self, controller: str) -> str:
+        """Why ``controller`` is not available to us, and the fix (for error messages)."""
+        if controller not in self._controllers(self.mount) and self.mount == "/sys/fs/cgroup":
+            return (
+                f"the kernel offers no {controller} controller on cgroup v2 ({self.mount}/"
+                f"cgroup.controllers); boot with systemd.unified_cgroup_hierarchy=1 "
+                f"cgroup_no_v1=all and without cgroup_disable={controller}"
+            )
+        if controller not in self._controllers(self.mount):
+            return f"the cgroup2 mount {self.mount} has no {controller} controller (hybrid host?)"
+        if self.parent and controller not in self._controllers(self.base):
+            return (
+                f"the {controller} controller is not delegated to {self.base}: set Delegate=yes "
+                f"(or a list naming {controller}) in the [Service] section of sandboxd.service "
+                f"and restart it"
+            )
+        return (
+            f"the {controller} controller is not enabled for our cgroups under {self.base} "
+            f"(its parent's cgroup.subtree_control lacks +{controller})"
+        )
 
     def _prepare_parent(self, user: str) -> None:
-        """Enable our controllers in each parent's subtree_control, down to the user level."""
-        for parent in (self.mount, self._dir(), self._dir(user)):
-            available = set((_read(os.path.join(parent, "cgroup.controllers")) or "").split())
-            enabled = set((_read(os.path.join(parent, "cgroup.subtree_control")) or "").split())
-            wanted = [c for c in _V2_CONTROLLERS if c in available and c not in enabled]
-            if wanted:
-                control = os.path.join(parent, "cgroup.subtree_control")
-                _write(control, " ".join(f"+{c}" for c in wanted))
+        """Enable our controllers in each parent's subtree_control, down to the user level.
+        With a delegated parent that is ``base`` and below, never above it."""
+        for parent in (self.base, self._dir(), self._dir(user)):
+            self._enable(parent)
 
     def _apply(self, user: str, sandbox: str | None, limits: Limits) -> None:
         path = self._dir(user, sandbox)
-        available = set((_read(os.path.join(path, "cgroup.controllers")) or "").split())
+        available = self._controllers(path)
         files = v2_limit_files(limits)
+        if sandbox is None:
+            files["memory.swap.max"] = "max"  # swap is bounded per sandbox (see _aggregate)
         for name, value in files.items():
             if name == "io.max":
                 continue
@@ -579,7 +754,8 @@ class CgroupV2(CgroupDriver):
             if value != _V2_DEFAULTS[name]:
                 raise CgroupError(
                     f"cannot set {name}={value!r}: the {controller} controller is not "
-                    f"available in {path} (cgroup.controllers: {' '.join(sorted(available))})"
+                    f"available in {path} (cgroup.controllers: {' '.join(sorted(available))}): "
+                    f"{self.missing_reason(controller)}"
                 )
             return
         if name == "memory.swap.max" and not os.path.exists(target):
@@ -596,7 +772,8 @@ class CgroupV2(CgroupDriver):
         if "io" not in available:
             if text:
                 raise CgroupError(
-                    f"cannot set io.max: the io controller is not available in {path}"
+                    f"cannot set io.max: the io controller is not available in {path}: "
+                    f"{self.missing_reason('io')}"
                 )
             return
         wanted = {line.split()[0] for line in text.splitlines()}
@@ -633,7 +810,13 @@ class CgroupV2(CgroupDriver):
             io_write_bytes=io.get("wbytes", 0),
             io_read_ops=io.get("rios", 0),
             io_write_ops=io.get("wios", 0),
+            memory_high=_unit_max(_read(os.path.join(path, "memory.high"))),
+            **_pressure(path),
         )
+
+    def user_pressure(self, user: str) -> dict[str, float] | None:
+        path = self._dir(user)
+        return _pressure(path) if os.path.isdir(path) else None
 
     @staticmethod
     def _io_stat(path: str) -> dict[str, int]:
@@ -732,6 +915,8 @@ class CgroupV1(CgroupDriver):
 
     def _apply(self, user: str, sandbox: str | None, limits: Limits) -> None:
         files = v1_limit_files(limits)
+        if sandbox is None and limits.memory is not None:
+            files["memory"]["memory.memsw.limit_in_bytes"] = "-1"  # swap is bounded per sandbox
         for controller in ("cpu", "pids"):
             for name, value in files[controller].items():
                 self._write_limit(controller, user, sandbox, name, value)
@@ -897,6 +1082,33 @@ class CgroupV1(CgroupDriver):
             raise CgroupError(f"processes left in {self._rel(user, sandbox)} after SIGKILL")
 
 
+def read_psi(path: str) -> dict[str, float]:
+    """``some``/``full`` ``total=`` (µs) of one pressure file, in seconds; {} if absent."""
+    out: dict[str, float] = {}
+    for line in (_read(path) or "").splitlines():
+        kind, _, rest = line.partition(" ")
+        for item in rest.split():
+            key, _, value = item.partition("=")
+            if key == "total" and value.isdigit():
+                out[kind] = int(value) / 1e6
+    return out
+
+
+def _pressure(path: str) -> dict[str, float]:
+    """PSI (cAdvisor: waiting = some, stalled = full) and memory.events of a v2 cgroup."""
+    out: dict[str, float] = {}
+    for resource in _PSI:
+        psi = read_psi(os.path.join(path, f"{resource}.pressure"))
+        if psi:
+            out[f"pressure_{resource}_waiting_seconds"] = psi.get("some", 0.0)
+            out[f"pressure_{resource}_stalled_seconds"] = psi.get("full", 0.0)
+    events = _read_keyed(os.path.join(path, "memory.events"))
+    if events:
+        for key in _MEMORY_EVENTS:
+            out[f"memory_events_{key}"] = events.get(key, 0)
+    return out
+
+
 def _as_limit(value: str) -> int:
     number = int(value)
     return (1 << 63) if number < 0 else number
@@ -910,8 +1122,178 @@ def _total(stat: dict[str, int], key: str) -> int:
 # --------------------------------------------------------------------------- probing
 
 
-def probe(root: str, mount: str = "/sys/fs/cgroup") -> CgroupDriver:
-    """cgroup2 mounted at ``mount`` itself → v2; anything else (v1 or hybrid) → v1 controllers."""
+def own_cgroup(pid: int | str = "self") -> str:
+    """The cgroup v2 path of a process ("/system.slice/x.service"), from ``/proc/PID/cgroup``."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as fh:
+            for line in fh:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError as exc:
+        raise CgroupError(f"cannot read /proc/{pid}/cgroup: {exc.strerror}") from exc
+    return "/"
+
+
+def _is_delegated(path: str) -> bool:
+    """systemd marks the cgroup of a ``Delegate=yes`` unit with a ``*.delegate`` xattr."""
+    for name in _DELEGATE_XATTRS:
+        try:
+            if os.getxattr(path, name) == b"1":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def delegated_ancestor(mount: str, cgroup: str) -> str | None:
+    """The nearest cgroup at or above ``cgroup`` that is delegated, as a path relative to the
+    mount; None if there is none (no systemd, or a unit without ``Delegate=``)."""
+    parts = [p for p in cgroup.strip("/").split("/") if p]
+    while parts:
+        rel = "/".join(parts)
+        if _is_delegated(os.path.join(mount, rel)):
+            return rel
+        parts.pop()
+    return None
+
+
+def scope_name(root: str) -> str:
+    """The unit name of the scope that holds the sandboxes of instance ``root``."""
+    return check_name(root, "root") + SCOPE_SUFFIX
+
+
+def find_scope(mount: str, root: str, depth: int = 4) -> str | None:
+    """The cgroup (relative to the mount) of ``<root>-sandboxes.scope``, searched through the
+    slices from the mount down ``depth`` levels: how a later daemon start and ``sandboxd
+    cleanup`` from a shell find it. Other units' delegated subtrees are never looked into."""
+    name = scope_name(root)
+    level = [""]
+    for _ in range(depth):
+        below = []
+        for rel in level:
+            for child_name in _subdirs_any(os.path.join(mount, rel)):
+                child = f"{rel}/{child_name}".strip("/")
+                if child_name == name and _is_delegated(os.path.join(mount, child)):
+                    return child
+                if child_name.endswith(".slice"):
+                    below.append(child)
+        level = below
+    return None
+
+
+def _slice_unit(rel: str) -> str:
+    """The slice unit whose cgroup is ``rel`` ("system.slice", "a.slice/a-b.slice" → "a-b.slice";
+    the root → "-.slice")."""
+    last = os.path.basename(rel.strip("/"))
+    return last if last.endswith(".slice") else "-.slice"
+
+
+def _populated(path: str) -> bool:
+    return _read_keyed(os.path.join(path, "cgroup.events")).get("populated") == 1
+
+
+def _start_holder(argv: list[str], timeout: float, until: str, what: str) -> None:
+    """Run ``argv`` (which ends in a holder that never exits) detached from our session, and
+    wait until ``until`` (a cgroup) holds a process; its early exit is an error."""
+    with tempfile.TemporaryFile() as errors:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                cwd="/",  # pins no mount
+                start_new_session=True,  # a ^C or SIGTERM to the daemon's group does not reach it
+            )
+        except OSError as exc:
+            raise CgroupError(f"cannot {what}: {argv[0]}: {exc.strerror}") from exc
+        _HOLDERS.append(proc)  # Popen reaps it if it ever ends while we run
+        deadline = time.monotonic() + timeout
+        while not _read_procs(os.path.join(until, "cgroup.procs")):
+            code = proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                errors.seek(0)
+                text = errors.read().decode(errors="replace").strip()
+                raise CgroupError(
+                    f"cannot {what}: {' '.join(argv[:6])} ... "
+                    + (f"exited {code}" if code is not None else f"timed out after {timeout:.0f}s")
+                    + (f": {text}" if text else "")
+                )
+            time.sleep(0.05)
+
+
+_HOLDERS: list[subprocess.Popen[bytes]] = []
+
+
+def sandbox_scope(root: str, mount: str, unit: str, timeout: float = 30.0) -> CgroupV2:
+    """The driver of ``<root>-sandboxes.scope``, made now if missing, beside the daemon's own
+    delegated ``unit`` (in the same slice), and claimed: the holder in its leaf, our
+    controllers enabled. A scope whose holder died (killed by hand) while sandboxes kept it
+    alive gets a new holder, moved in by us; one that is emptying is waited out first."""
+    name = scope_name(root)
+    found = find_scope(mount, root)
+    if found is not None and not _populated(os.path.join(mount, found)):
+        deadline = time.monotonic() + timeout  # stopping: systemd removes it in a moment
+        while os.path.isdir(os.path.join(mount, found)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        found = find_scope(mount, root)
+    if found is None:
+        parent = os.path.dirname(unit.strip("/"))
+        found = f"{parent}/{name}".strip("/")
+        _start_holder(
+            [
+                "systemd-run",
+                "--scope",
+                "--quiet",
+                "--collect",
+                f"--unit={name}",
+                f"--slice={_slice_unit(parent)}",
+                "--property=Delegate=yes",
+                f"--description=sandboxd {root}: the sandboxes (outlive daemon restarts)",
+                "--",
+                "sleep",
+                "infinity",
+            ],
+            timeout,
+            os.path.join(mount, found),
+            f"create the delegated scope {name} for the sandboxes",
+        )
+        log.info("cgroup v2: made the delegated scope %s for the sandboxes", name)
+    driver = CgroupV2(root, mount, found)
+    leaf = os.path.join(driver.base, HOLDER)
+    if not _read_procs(os.path.join(leaf, "cgroup.procs")) and not _read_procs(
+        os.path.join(driver.base, "cgroup.procs")
+    ):
+        _mkdir(leaf)
+        _start_holder(
+            ["sh", "-c", 'echo $$ > "$0" && exec sleep infinity', f"{leaf}/cgroup.procs"],
+            timeout,
+            leaf,
+            f"put a new holder into {leaf}",
+        )
+    driver.claim()
+    return driver
+
+
+def _subdirs_any(path: str) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def probe(
+    root: str, mount: str = "/sys/fs/cgroup", parent: str | None = None, *, claim: bool = True
+) -> CgroupDriver:
+    """cgroup2 mounted at ``mount`` itself → v2; anything else (v1 or hybrid) → v1 controllers.
+
+    On v2, ``parent`` None means: under systemd, in a unit with ``Delegate=yes``, the layout
+    lives in ``<root>-sandboxes.scope``, made or found and, with ``claim``, taken (see the
+    module's docstring). Under systemd without delegation the daemon refuses to start (moving
+    its children away is only ours to do in a delegated unit); ``claim=False`` (``sandboxd
+    cleanup`` from a shell) only finds the scope, never makes one. Without systemd the layout
+    is rooted at the mount.
+    """
     mount = mount.rstrip("/") or "/"
     try:
         mounts = read_cgroup_mounts()
@@ -919,7 +1301,22 @@ def probe(root: str, mount: str = "/sys/fs/cgroup") -> CgroupDriver:
         raise CgroupError(f"cannot read /proc/self/mountinfo: {exc.strerror}") from exc
     at_mount = [m for m in mounts if m.mountpoint == mount]
     if at_mount and at_mount[-1].fstype == "cgroup2":
-        return CgroupV2(root, mount)
+        if parent is not None:
+            return CgroupV2(root, mount, parent)
+        systemd = os.path.isdir("/run/systemd/system")
+        if not claim:
+            return CgroupV2(root, mount, (find_scope(mount, root) if systemd else None) or "")
+        here = own_cgroup()
+        delegated = delegated_ancestor(mount, here)
+        if delegated is not None and systemd:
+            return sandbox_scope(root, mount, delegated)
+        if here != "/" and systemd:
+            raise CgroupError(
+                f"sandboxd runs in the cgroup {here}, which systemd has not delegated to it: "
+                f"start it from a unit with Delegate=yes (deploy/systemd/sandboxd.service), "
+                f"or from a shell with `systemd-run --scope -p Delegate=yes sandboxd serve`"
+            )
+        return CgroupV2(root, mount, "")
     if not any(m.fstype == "cgroup" and _under(m.mountpoint, mount) for m in mounts):
         raise CgroupError(f"no cgroup hierarchy mounted at or under {mount}")
     return CgroupV1(root, mount)
