@@ -114,6 +114,7 @@ class Reason(StrEnum):
     MAX_KERNELS = "max-kernels"
     MAX_NETWORKS = "max-networks"
     MAX_WEBSOCKETS = "max-websockets"
+    MAX_VOLUMES = "max-volumes"
     STDIN_FULL = "stdin-full"  # the close reason of an attach whose stdin buffer filled up
     KERNEL_NOT_READING = "kernel-not-reading"  # a kernel channel closed: the kernel takes nothing
     MEMORY_QUOTA = "memory-quota"

@@ -35,6 +35,7 @@ ACTIVE = ("created", "running")
 HOUSEKEEPING_SECONDS = 1.0
 AUTO_REMOVE_DELAY = 2.0  # seconds an auto-removed sandbox's exit stays readable
 LAG_TICK = 0.05
+AUDIT_TRIM_ROUNDS = 60  # housekeeping rounds between trims of the audit log
 
 
 def iso(ts: float | None) -> str | None:
@@ -64,6 +65,7 @@ class Sandboxd:
             open_volumes=lambda spec: volumes.open_mounts(self.config, spec),
             log_max_bytes=config.log_max_bytes,
             log_rate=config.log_rate_bytes,
+            stdin_buffer=config.attach_stdin_buffer,
         )
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -131,10 +133,14 @@ class Sandboxd:
         self.store.close()
 
     async def _housekeeping(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            rounds += 1
             try:
                 await self._enforce_lifetimes()
+                if rounds % AUDIT_TRIM_ROUNDS == 0:
+                    self.store.trim_audit(self.config.audit_max_rows)
             except Exception:
                 log.exception("housekeeping failed")
 
@@ -611,16 +617,20 @@ class Sandboxd:
 
         return await blocking.run(fill_and_render)
 
-    def status(self) -> dict[str, Any]:
-        return {
+    def status(self, actor: User) -> dict[str, Any]:
+        """The daemon's status; counts over every user only for an admin (they would tell a
+        tenant how many other users and sandboxes there are)."""
+        out: dict[str, Any] = {
             "version": __version__,
             "instance": self.config.instance,
             "cgroup_version": self.runtime.cgroups.version,
-            "running": len(self.runtime.live),
-            "sandboxes": self.store.count("sandboxes"),
-            "users": self.store.count("users"),
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
+        if actor.admin:
+            out["running"] = len(self.runtime.live)
+            out["sandboxes"] = self.store.count("sandboxes")
+            out["users"] = self.store.count("users")
+        return out
 
 
 def _require_admin(actor: User) -> None:

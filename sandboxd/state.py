@@ -349,6 +349,12 @@ class Store:
     def delete_quota(self, user: str) -> None:
         self.db.execute("DELETE FROM quotas WHERE user = ?", (user,))
 
+    def trim_audit(self, keep: int) -> None:
+        """Keep the ``keep`` newest audit entries (one indexed delete)."""
+        self.db.execute(
+            "DELETE FROM audit WHERE rowid <= (SELECT MAX(rowid) FROM audit) - ?", (keep,)
+        )
+
     def audit(self, actor: str, action: str, target: str, detail: str = "") -> None:
         self.db.execute(
             "INSERT INTO audit VALUES (?, ?, ?, ?, ?)", (time.time(), actor, action, target, detail)

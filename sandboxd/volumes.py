@@ -22,7 +22,7 @@ import stat
 from typing import Any
 
 from .config import Config
-from .errors import Conflict, Forbidden, InvalidRequest, NotFound
+from .errors import Conflict, Forbidden, InvalidRequest, NotFound, QuotaExceeded
 from .runtime import safefs, syscalls
 from .runtime.rootfs import VOLUME_NAME
 from .spec import SandboxSpec, Volume
@@ -56,10 +56,10 @@ def check_name(name: str) -> None:
 
 
 def check_actor(actor: User, target: User) -> None:
+    """The user, an admin, or a service for a plain user; anyone else gets what a missing user
+    gets (404), so volume routes do not tell which users exist."""
     if actor.name != target.name and not acts_for(actor, target):
-        raise Forbidden(
-            "only the user, an admin or a service may manage these volumes", reason="not-admin"
-        )
+        raise NotFound(f"no user {target.name!r}", reason="unknown-user")
 
 
 def _open_dir(parent: int, name: str, uid: int, create: bool) -> int:
@@ -86,8 +86,11 @@ def _open_dir(parent: int, name: str, uid: int, create: bool) -> int:
     return fd
 
 
-def _in_root(root: str, user: str, uid: int, name: str, create: bool) -> tuple[int, bool]:
-    """fd of ``<root>/<user>/<name>`` and whether it was made now."""
+def _in_root(
+    root: str, user: str, uid: int, name: str, create: bool, most: int | None = None
+) -> tuple[int, bool]:
+    """fd of ``<root>/<user>/<name>`` and whether it was made now (refused with 429 beyond
+    ``most`` volumes of the user in this root)."""
     top = os.open(root, _DIR)
     try:
         udir = _open_dir(top, user, uid, create=create)
@@ -97,6 +100,13 @@ def _in_root(root: str, user: str, uid: int, name: str, create: bool) -> tuple[i
                 os.close(os.open(name, _DIR, dir_fd=udir))
             except FileNotFoundError:
                 existed = False
+                if create and most is not None:
+                    have = sum(1 for e in os.listdir(udir) if VOLUME_NAME.fullmatch(e))
+                    if have >= most:
+                        raise QuotaExceeded(
+                            f"user {user} already has {have} volumes (the most is {most})",
+                            reason="max-volumes",
+                        ) from None
             return _open_dir(udir, name, uid, create=create), not existed
         finally:
             os.close(udir)
@@ -113,7 +123,9 @@ def ensure(
     check_actor(actor, target)
     check_name(name)
     base = _root(config, root)
-    fd, created = _in_root(base, user, target.uid, name, create=True)
+    fd, created = _in_root(
+        base, user, target.uid, name, create=True, most=config.max_volumes_per_user
+    )
     try:
         return _model(base, user, name, target.uid, fd, created)
     finally:
@@ -292,7 +304,14 @@ def _open_named(config: Config, spec: SandboxSpec, vol: Volume) -> int:
         )
     found = _find(config, spec.user, spec.uid, vol.name)
     if found is None:
-        fd, _ = _in_root(config.volume_roots[0], spec.user, spec.uid, vol.name, create=True)
+        fd, _ = _in_root(
+            config.volume_roots[0],
+            spec.user,
+            spec.uid,
+            vol.name,
+            create=True,
+            most=config.max_volumes_per_user,
+        )
     else:
         fd = found[1]
     try:

@@ -309,3 +309,32 @@ def test_exhausted_tenant_uids_are_503() -> None:
             [SANDBOXD, "cleanup", "--instance", d.instance, "--state-dir", d.state_dir, "--purge"],
             capture_output=True,
         )
+
+
+def test_status_counts_are_for_admins(daemon: Daemon, alice: Client) -> None:
+    mine = alice.call("GET", "/api/status")
+    assert {"version", "instance", "cgroup_version", "uptime_seconds"} <= set(mine)
+    assert not {"running", "sandboxes", "users"} & {k for k, v in mine.items() if v is not None}
+    admin = daemon.admin.call("GET", "/api/status")
+    assert admin["users"] >= 1 and admin["running"] >= 0
+
+
+def test_two_attaches_share_one_stdin(daemon: Daemon, alice: Client) -> None:
+    """Two attaches feed one command's stdin; one sends EOF while the other still writes:
+    the command reads everything queued, then EOF, and nothing breaks."""
+    from sandboxd.cli.client import Client as ApiClient
+
+    sb = alice.run(["sh", "-c", "sleep 1; wc -c"], stdin=True)
+    api = ApiClient(daemon.url, alice.token)
+    first, second = api.attach(sb["id"]), api.attach(sb["id"])
+    try:
+        second.send_binary(b"\x00" + b"a" * 70000)
+        first.send_binary(b"\x00" + b"b" * 30000)
+        first.send_binary(b"\x00")  # EOF while the pipe still holds the others' bytes
+        result = alice.wait(sb["id"])
+        assert result["exit_code"] == 0
+        assert alice.logs(sb["id"])["stdout"].strip() == "100000"
+    finally:
+        first.close()
+        second.close()
+        alice.call("DELETE", f"/api/sandboxes/{sb['id']}?force=1")

@@ -38,7 +38,7 @@ EXPECTED: dict[str, dict[str, int | None]] = {
     "public": dict(none=None, other=None, owner=None, service=None, admin=None),
     "token": dict(none=401, other=None, owner=None, service=None, admin=None),
     "owner": dict(none=401, other=404, owner=None, service=None, admin=None),
-    "owner-named": dict(none=401, other=403, owner=None, service=None, admin=None),
+    "owner-named": dict(none=401, other=404, owner=None, service=None, admin=None),
     "self": dict(none=401, other=404, owner=None, service=404, admin=None),
     "service": dict(none=401, other=403, owner=403, service=None, admin=None),
     "admin": dict(none=401, other=403, owner=403, service=403, admin=None),
@@ -321,7 +321,7 @@ def test_a_service_never_acts_for_an_admin_or_another_service(world: World) -> N
     for target in ("admin", "mxhub2"):
         assert service.request("GET", f"/api/users/{target}").status_code == 404
         assert service.request("POST", f"/api/users/{target}/tokens").status_code == 403
-        assert service.request("GET", f"/api/users/{target}/volumes").status_code == 403
+        assert service.request("GET", f"/api/users/{target}/volumes").status_code == 404
         body = {"command": ["true"], "user": target}
         assert service.request("POST", "/api/sandboxes", json=body).status_code == 403
     body = {"name": "mxsneaky", "admin": True}

@@ -226,3 +226,18 @@ def test_status_json_is_well_formed(daemon: Daemon, sleeper: dict) -> None:
     with open(os.path.join(daemon.run_dir, sleeper["id"], "status.json")) as fh:
         first = json.loads(fh.readline())
     assert first["child-pid"] > 1
+
+
+def test_host_opt_is_not_visible(alice: Client) -> None:
+    """The host image binds /usr and the Python environments, not /opt (a decoy put there by
+    the test is not in the sandbox)."""
+    import tempfile
+
+    from conftest import PREFIX
+
+    decoy = tempfile.mkdtemp(prefix=f"{PREFIX}-optdecoy-", dir="/opt")
+    try:
+        code, out, _ = sh(alice, "ls -A /opt; echo end")
+        assert code == 0 and os.path.basename(decoy) not in out and out.strip() == "end"
+    finally:
+        os.rmdir(decoy)

@@ -336,3 +336,26 @@ def test_query_tokens_never_reach_the_log(daemon: Daemon, alice: Client) -> None
         text = fh.read()
     assert "token=REDACTED" in text
     assert secret not in text and alice.token not in text
+
+
+def test_volumes_per_user_are_bounded() -> None:
+    """Beyond ``max_volumes_per_user`` a new volume is refused (429), by the API and by a
+    sandbox naming one; existing volumes still bind."""
+    from conftest import CONFIG, other_instance, running_daemon
+
+    config = CONFIG.replace(
+        "stop_grace_seconds = 3", "stop_grace_seconds = 3\nmax_volumes_per_user = 2"
+    )
+    with running_daemon(other_instance("v"), config) as d:
+        vic = d.user("vic")
+        vic.call("PUT", "/api/users/vic/volumes/one", expect=201)
+        vic.call("PUT", "/api/users/vic/volumes/two", expect=201)
+        resp = vic.request("PUT", "/api/users/vic/volumes/three")
+        assert resp.status_code == 429 and resp.json()["reason"] == "max-volumes", resp.text
+        status, body, _ = run(vic, ["true"], volumes=["four:/x"], network="none")
+        assert status == 429 and body["reason"] == "max-volumes", body
+        status, result, _ = run(vic, ["ls", "/x"], volumes=["one:/x"], network="none")
+        assert status == 201 and result["exit_code"] == 0
+        vic.call("PUT", "/api/users/vic/volumes/one", expect=200)  # existing: fine
+        for name in ("one", "two"):
+            vic.call("DELETE", f"/api/users/vic/volumes/{name}", expect=204)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import blocking
-from ..errors import Forbidden, InvalidRequest
+from ..errors import InvalidRequest, NotFound, Reason
 from ..models.requests import NetworkCreate, UserQuery
 from ..models.types import validate
 from ..network.settings import DEFAULT_NAME
@@ -26,7 +26,8 @@ def _owner(handler: BaseHandler, actor: User, wanted: Any) -> str:
         raise InvalidRequest("user: expected a user name")
     target = handler.sbx.store.get_user(wanted)
     if not acts_for(actor, target):  # type: ignore[arg-type]
-        raise Forbidden("only an admin may manage another user's networks", reason="not-admin")
+        # as for a user that does not exist: another user's name tells nothing
+        raise NotFound(f"no user {wanted!r}", reason=Reason.UNKNOWN_USER)
     return wanted
 
 

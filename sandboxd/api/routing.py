@@ -25,7 +25,7 @@ class Access(StrEnum):
     public        ok     ok          ok     ok                  ok
     token         401    ok          ok     ok                  ok
     owner         401    404         ok     ok                  ok
-    owner-named   401    403         ok     ok                  ok
+    owner-named   401    404         ok     ok                  ok
     self          401    404         ok     404                 ok
     service       401    403         403    ok                  ok
     admin         401    403         403    403                 ok
@@ -33,8 +33,8 @@ class Access(StrEnum):
 
     ``token``: any valid token, acting on the caller's own things (lists show only those; an
     admin's show everyone's). ``owner``: another user's resource is *unknown* (404), so its
-    existence does not leak. ``owner-named``: the owner is named in the request itself, so
-    refusing says nothing new (403). A service token (a JupyterHub's) acts for plain users only,
+    existence does not leak. ``owner-named``: the owner is named in the request itself; another
+    user's name answers as a user that does not exist would (404), so it tells nothing either. A service token (a JupyterHub's) acts for plain users only,
     never for an admin or another service; for kernels, for those it started.
     """
 
@@ -52,7 +52,7 @@ MATRIX: dict[Access, dict[str, int | None]] = {
     Access.PUBLIC: dict(none=None, other=None, owner=None, service=None, admin=None),
     Access.TOKEN: dict(none=401, other=None, owner=None, service=None, admin=None),
     Access.OWNER: dict(none=401, other=404, owner=None, service=None, admin=None),
-    Access.OWNER_NAMED: dict(none=401, other=403, owner=None, service=None, admin=None),
+    Access.OWNER_NAMED: dict(none=401, other=404, owner=None, service=None, admin=None),
     Access.SELF: dict(none=401, other=404, owner=None, service=404, admin=None),
     Access.SERVICE: dict(none=401, other=403, owner=403, service=None, admin=None),
     Access.ADMIN: dict(none=401, other=403, owner=403, service=403, admin=None),

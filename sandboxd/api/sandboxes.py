@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from typing import Any
 
@@ -24,7 +23,6 @@ from .base import BaseHandler, expect_upgrade, summary, token_from
 STATS_SAMPLE_SECONDS = 0.5  # several CFS periods, so a quota shows as its share
 LOG_WRITE_CHUNK = 65536
 WRITE_BUFFER = 4 << 20  # bytes queued for one slow WebSocket client before it is closed
-PIPE_WRITE = 65536
 
 
 class SandboxesHandler(BaseHandler):
@@ -133,9 +131,10 @@ class AttachHandler(websocket.WebSocketHandler):
 
     Frames out: binary ``\x01``/``\x02`` + bytes (stdout/stderr), then one JSON text frame with
     the exit. Frames in: binary ``\x00`` + bytes to the command's stdin; ``\x00`` alone closes
-    it. Bounded both ways: stdin waits in a buffer of ``attach_stdin_buffer`` bytes (full: the
-    attach closes with a reason), output to a client slower than the sandbox waits in at most
-    ``WRITE_BUFFER`` bytes (beyond that the attach closes); nothing blocks the loop.
+    it. Bounded both ways: stdin waits in the sandbox's one buffer of ``attach_stdin_buffer``
+    bytes (``runtime/stdin.py``; full: the attach closes with a reason), output to a client
+    slower than the sandbox waits in at most ``WRITE_BUFFER`` bytes (beyond that the attach
+    closes); nothing blocks the loop.
     """
 
     user: str = ""
@@ -187,9 +186,6 @@ class AttachHandler(websocket.WebSocketHandler):
             stream = getattr(self.ws_connection, "stream", None)
             if stream is not None:
                 stream.max_write_buffer_size = WRITE_BUFFER
-        self.stdin = bytearray()
-        self.stdin_eof = False
-        self.writing = False
         self.live = self.sbx.runtime.live.get(self.rec.id)
         self.pump_task = asyncio.get_running_loop().create_task(self._pump())
 
@@ -228,48 +224,15 @@ class AttachHandler(websocket.WebSocketHandler):
         if self.ws_connection is None or self.ws_connection.is_closing():
             return  # frames that arrived after we closed: already refused once
         live = self.sbx.runtime.live.get(self.rec.id)
-        if live is None or live.stdin_fd is None or self.stdin_eof:
+        stdin = live.stdin if live is not None else None
+        if stdin is None:
             return
         data = message[1:]
         if not data:
-            self.stdin_eof = True
-        elif len(self.stdin) + len(data) > self.sbx.config.attach_stdin_buffer:
+            stdin.finish()
+        elif not stdin.write(data):
             metrics.resource_refusal("stdin-full")
             self.close(1009, "stdin buffer full: the sandbox is not reading its input")
-            return
-        else:
-            self.stdin += data
-        self._write_stdin()
-
-    def _write_stdin(self) -> None:
-        """Write what the pipe takes now; wait for it to drain with ``add_writer``."""
-        live = self.sbx.runtime.live.get(self.rec.id)
-        if live is None or live.stdin_fd is None:
-            return
-        fd = live.stdin_fd
-        loop = asyncio.get_running_loop()
-        while self.stdin:
-            try:
-                done = os.write(fd, self.stdin[:PIPE_WRITE])
-            except BlockingIOError:
-                break
-            except OSError:  # the command closed its stdin
-                self.stdin.clear()
-                break
-            del self.stdin[:done]
-        if self.stdin and not self.writing:
-            self.writing = True
-            loop.add_writer(fd, self._writable)
-        elif not self.stdin:
-            if self.writing:
-                self.writing = False
-                loop.remove_writer(fd)
-            if self.stdin_eof:
-                live.stdin_fd = None
-                os.close(fd)
-
-    def _writable(self) -> None:
-        self._write_stdin()
 
     def on_close(self) -> None:
         pump = getattr(self, "pump_task", None)
@@ -278,9 +241,6 @@ class AttachHandler(websocket.WebSocketHandler):
         live = self.sbx.runtime.live.get(self.rec.id) if hasattr(self, "rec") else None
         if live is not None:
             live.pump.followers.discard(self._send_record)
-            if getattr(self, "writing", False) and live.stdin_fd is not None:
-                with contextlib.suppress(ValueError, OSError):
-                    asyncio.get_running_loop().remove_writer(live.stdin_fd)
         self._release_slot()
 
     def _release_slot(self) -> None:

@@ -46,5 +46,4 @@ class WhoamiHandler(BaseHandler):
 
 class StatusHandler(BaseHandler):
     def get(self) -> None:
-        self.current()
-        self.send(self.sbx.status())
+        self.send(self.sbx.status(self.current()))

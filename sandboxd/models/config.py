@@ -197,6 +197,12 @@ class ConfigFile(Model):
     volume_roots: Annotated[tuple[AbsolutePath, ...], AfterValidator(_realpaths)] = Field(
         (), description="host directories holding per-user volumes (<root>/<user>/<name>)"
     )
+    max_volumes_per_user: count(1) = Field(
+        50, description="volumes one user may have (their size is the volume root's business)"
+    )
+    audit_max_rows: count(1000) = Field(
+        100000, description="audit log entries kept; the oldest go first"
+    )
     metrics_token: StrictStr = Field(
         "", description="if set, /metrics needs this read-only token (or an admin token)"
     )

@@ -163,13 +163,15 @@ class Quota(Model):
 
 
 class Status(Model):
+    """The daemon's status; the counts (of every user's sandboxes) for admins only."""
+
     version: str
     instance: str
     cgroup_version: Literal[1, 2]
-    running: int
-    sandboxes: int
-    users: int
     uptime_seconds: float
+    running: int | None = None
+    sandboxes: int | None = None
+    users: int | None = None
 
 
 class Network(Model):

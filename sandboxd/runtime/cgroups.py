@@ -27,6 +27,7 @@ kernel without e.g. ``memory.peak`` reports 0 (or a fallback) instead.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -37,7 +38,7 @@ import subprocess
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sandboxd.errors import CgroupError, InvalidRequest
@@ -367,12 +368,25 @@ def _subdirs(path: str) -> list[str]:
         return []
 
 
-def _sigkill_all(pids: Iterable[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:  # ESRCH: it exited between the read and the kill
-            pass
+def _sigkill_all(pids: Iterable[int], members: Callable[[], Iterable[int]]) -> None:
+    """SIGKILL ``pids`` read from a cgroup, never a stranger that took one of those pids after
+    the read: each is pinned with a pidfd first, then killed only if ``members()`` (read again
+    now) still lists it, so the pidfd is known to be the cgroup's process."""
+    pinned: dict[int, int] = {}
+    try:
+        for pid in pids:
+            try:
+                pinned[pid] = os.pidfd_open(pid)
+            except ProcessLookupError:  # it exited between the read and now
+                pass
+        still = set(members()) if pinned else set()
+        for pid, fd in pinned.items():
+            if pid in still:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+    finally:
+        for fd in pinned.values():
+            os.close(fd)
 
 
 def _unit_max(text: str | None) -> int | None:
@@ -678,7 +692,8 @@ class CgroupV2(CgroupDriver):
         if os.path.exists(os.path.join(leaf, "cgroup.kill")):
             _write(os.path.join(leaf, "cgroup.kill"), "1")
         else:
-            _sigkill_all(_read_procs(os.path.join(leaf, "cgroup.procs")))
+            procs = os.path.join(leaf, "cgroup.procs")
+            _sigkill_all(_read_procs(procs), lambda: _read_procs(procs))
         deadline = time.monotonic() + timeout
         while os.path.isdir(self.base):
             if _read_keyed(os.path.join(self.base, "cgroup.events")).get("populated") == 0:
@@ -863,7 +878,7 @@ class CgroupV2(CgroupDriver):
     def _freeze_kill_loop(self, user: str, sandbox: str, deadline: float) -> None:
         while self.pids(user, sandbox) and time.monotonic() < deadline:
             self._try_freeze(user, sandbox, deadline)
-            _sigkill_all(self.pids(user, sandbox))
+            _sigkill_all(self.pids(user, sandbox), lambda: self.pids(user, sandbox))
             self.thaw(user, sandbox)
             time.sleep(_POLL)
 
@@ -1074,7 +1089,7 @@ class CgroupV1(CgroupDriver):
         while self.pids(user, sandbox) and time.monotonic() < deadline:
             if use_freezer:
                 self._try_freeze(user, sandbox, deadline)
-            _sigkill_all(self.pids(user, sandbox))
+            _sigkill_all(self.pids(user, sandbox), lambda: self.pids(user, sandbox))
             if use_freezer:
                 self.thaw(user, sandbox)
             self._wait_empty(user, sandbox, min(deadline, time.monotonic() + 0.2))

@@ -18,7 +18,7 @@ from ..errors import Forbidden, InvalidRequest
 from ..spec import SandboxSpec, Volume
 from .plan import MountFd, RootPlan, RunDir
 
-HOST_IMAGE_VERSION = "4"
+HOST_IMAGE_VERSION = "5"
 
 #: host /etc entries copied into the host image (an allow-list: never shadow, sudoers, ssh keys)
 ETC_ALLOW = (
@@ -56,7 +56,9 @@ ETC_ALLOW = (
 )
 
 #: host system directories bound read-only (symlinks among them are recreated as symlinks)
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
+#: (not /opt: what a host installs there is none of a tenant's business; a Python environment
+#: under /opt is bound on its own by ``python_environments``)
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 PASSWD = """root:x:0:0:root:/root:/usr/sbin/nologin
 nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
@@ -124,6 +126,7 @@ def _make_skeleton(skeleton: str, envs: tuple[str, ...]) -> None:
         "root",
         "mnt",
         "srv",
+        "opt",
     ):
         os.makedirs(os.path.join(skeleton, d), mode=0o755, exist_ok=True)
     for path in SYSTEM_DIRS:

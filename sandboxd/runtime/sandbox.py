@@ -37,6 +37,7 @@ from ..spec import Limits, SandboxSpec
 from ..units import format_size
 from . import bwrap, cgroups, launch, netns, output, rootfs, seccomp
 from .plan import MountFd, RunDir
+from .stdin import StdinWriter
 
 log = logging.getLogger("sandboxd.runtime")
 
@@ -64,7 +65,7 @@ class LiveSandbox:
     exited: asyncio.Future[Exit]
     pump: output.OutputPump
     launched_here: bool = False  # a child of this daemon's launcher: it reports the exit code
-    stdin_fd: int | None = None
+    stdin: StdinWriter | None = None
     pidfd: int | None = None
     stopping: bool = False
     started: float = field(default_factory=time.time)
@@ -124,6 +125,7 @@ class Runtime:
         cgroup_driver: cgroups.CgroupDriver | None = None,
         log_max_bytes: int = 1 << 20,
         log_rate: int = 8 << 20,
+        stdin_buffer: int = 1 << 20,
     ) -> None:
         self.instance = instance
         self.run_dir = run_dir
@@ -133,6 +135,7 @@ class Runtime:
         self.open_volumes = open_volumes
         self.log_max_bytes = log_max_bytes
         self.log_rate = log_rate
+        self.stdin_buffer = stdin_buffer
         for path in (run_dir, os.path.join(state_dir, "images")):
             os.makedirs(path, mode=0o711, exist_ok=True)
             os.chmod(path, 0o711)
@@ -238,9 +241,8 @@ class Runtime:
         status = None
         if live.launched_here:
             status = await self.launcher.exit_code(live.pid, EXIT_CODE_WAIT)
-        if live.stdin_fd is not None:
-            _close_quietly(live.stdin_fd)
-            live.stdin_fd = None
+        if live.stdin is not None:
+            live.stdin.close()
         with contextlib.suppress(SandboxdError):
             await blocking.run(self.cgroups.kill, live.spec.user, live.spec.id)
         await live.pump.finish()
@@ -575,7 +577,9 @@ class LaunchStep(Step):
             exited=asyncio.get_running_loop().create_future(),
             pump=pump,
             launched_here=True,
-            stdin_fd=prepared.stdin_w,
+            stdin=None
+            if prepared.stdin_w is None
+            else StdinWriter(prepared.stdin_w, rt.stdin_buffer),
             pidfd=pidfd,
         )
         rt.watch(live)
