@@ -271,10 +271,14 @@ def main() -> None:
     parser.add_argument(
         "--gil", action="store_true", help="with --profile: sample only the GIL's holder"
     )
+    parser.add_argument(
+        "--loop-nice", type=int, default=None, help="the daemon's loop_nice (default: its own)"
+    )
     args = parser.parse_args()
     global NETWORK
     NETWORK = args.network
-    with daemon(CONFIG) as d:
+    config = CONFIG if args.loop_nice is None else f"loop_nice = {args.loop_nice}\n" + CONFIG
+    with daemon(config) as d:
         other = user(d, "other")
         load = [user(d, f"load{n}") for n in range(CLIENTS)]
         for api in load:  # warm up: each user's bridge and the nft table exist

@@ -9,13 +9,18 @@ Each lane admits at most ``max_pending`` calls at once; a caller beyond that wai
 (back-pressure, never an unbounded queue). ``depth()`` feeds the queue-depth gauge.
 
 The daemon also lowers the interpreter's switch interval (``tune_gil``): a worker thread running
-Python code would otherwise keep the loop from the GIL for up to 5 ms at a time.
+Python code would otherwise keep the loop from the GIL for up to 5 ms at a time. And the loop's
+thread may run at a higher CPU priority than the rest (``prioritize_loop``): on a host busy
+starting sandboxes, the thread every user's requests wait on still wakes when it should. Lane
+threads (and what they start) run at the normal priority.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -31,7 +36,9 @@ SWITCH_INTERVAL = 0.0005
 class Lane:
     def __init__(self, name: str, workers: int, max_pending: int) -> None:
         self.name = name
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix=f"sbx-{name}")
+        self.executor = ThreadPoolExecutor(
+            workers, thread_name_prefix=f"sbx-{name}", initializer=normal_priority
+        )
         self.max_pending = max_pending
         self.waiting = 0  # submitted, not yet started
         self.running = 0
@@ -94,3 +101,30 @@ def depth() -> dict[str, tuple[int, int]]:
 
 def tune_gil() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
+
+
+def prioritize_loop(nice: int) -> None:
+    """Give the calling thread (the loop's) the nice value ``nice`` (Linux: per thread)."""
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
+def normal_priority() -> None:
+    """The calling thread back to nice 0 (threads inherit their creator's value)."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 0)
+
+
+def at_normal_priority(fn: Callable[[], R]) -> R:
+    """Run ``fn`` in a short-lived thread at nice 0, so threads it starts (ZMQ's I/O thread)
+    do not inherit the loop's priority."""
+    box: list[R] = []
+
+    def run() -> None:
+        normal_priority()
+        box.append(fn())
+
+    thread = threading.Thread(target=run, name="sbx-normal")
+    thread.start()
+    thread.join()
+    return box[0]

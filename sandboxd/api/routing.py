@@ -34,7 +34,8 @@ class Access(StrEnum):
     ``token``: any valid token, acting on the caller's own things (lists show only those; an
     admin's show everyone's). ``owner``: another user's resource is *unknown* (404), so its
     existence does not leak. ``owner-named``: the owner is named in the request itself; another
-    user's name answers as a user that does not exist would (404), so it tells nothing either. A service token (a JupyterHub's) acts for plain users only,
+    user's name answers as a user that does not exist would (404), so it tells nothing either.
+    A service token (a JupyterHub's) acts for plain users only,
     never for an admin or another service; for kernels, for those it started.
     """
 

@@ -60,6 +60,7 @@ async def serve(config: Config, config_path: str | None, args: argparse.Namespac
             f"this kernel lacks {', '.join(missing)}: sandboxd needs Linux 5.12 or newer"
         )
     blocking.tune_gil()
+    blocking.prioritize_loop(config.loop_nice)
     raise_fd_limit()
     sbx = Sandboxd(config)
     token_file = sbx.bootstrap_admin()

@@ -33,7 +33,7 @@ from typing import Any
 
 import zmq
 
-from .. import metrics
+from .. import blocking, metrics
 from ..errors import LaunchError, ResourcesExhausted, SandboxdError
 from ..runtime import safefs
 from ..service import iso
@@ -61,8 +61,15 @@ REOPEN_DELAY = 0.05  # seconds before a socket ZMQ dropped is made again
 
 
 def configure_zmq() -> None:
-    """Raise ZMQ's socket limit before the first socket: the WebSocket limits bound the use."""
-    zmq.Context.instance().set(zmq.MAX_SOCKETS, MAX_SOCKETS)
+    """Raise ZMQ's socket limit before the first socket, and start ZMQ's I/O thread (with a
+    first socket) from a thread at normal priority, not the loop's."""
+    context = zmq.Context.instance()
+    context.set(zmq.MAX_SOCKETS, MAX_SOCKETS)
+
+    def first_socket() -> None:
+        context.socket(zmq.PAIR).close(0)
+
+    blocking.at_normal_priority(first_socket)
 
 
 class NotReady(Exception):

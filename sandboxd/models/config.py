@@ -197,6 +197,9 @@ class ConfigFile(Model):
     volume_roots: Annotated[tuple[AbsolutePath, ...], AfterValidator(_realpaths)] = Field(
         (), description="host directories holding per-user volumes (<root>/<user>/<name>)"
     )
+    loop_nice: Annotated[StrictInt, Field(ge=-20, le=0)] = Field(
+        -5, description="nice value of the event loop's thread (others run at 0); 0 = no boost"
+    )
     max_volumes_per_user: count(1) = Field(
         50, description="volumes one user may have (their size is the volume root's business)"
     )

@@ -78,6 +78,7 @@ class NetworkManager:
         self._config = config
         self.view = NetworkDB(db)
         self.db = NetworkDB(own_db or db)
+        self._up: set[str] = set()  # bridges brought up by this daemon run
 
     @property
     def config(self) -> Config:
@@ -114,11 +115,15 @@ class NetworkManager:
                 reason="pool-overlap",
             )
 
-    def _bring_up(self, net: Network) -> None:
+    def _bring_up(self, net: Network, force: bool = False) -> None:
+        """The network's bridge, up, with its gateway address; done once per daemon run
+        (``restore`` and ``create_network`` force it), so an attach costs no netlink dumps."""
+        name = self.bridge_name(net)
+        if name in self._up and not force:
+            return
         netlink.set_forwarding()
-        netlink.ensure_bridge(
-            self.bridge_name(net), ipam.gateway_of(net.subnet), int(net.subnet.split("/")[1])
-        )
+        netlink.ensure_bridge(name, ipam.gateway_of(net.subnet), int(net.subnet.split("/")[1]))
+        self._up.add(name)
 
     def create_network(self, user: str, name: str, *, is_default: bool = False) -> Network:
         if not is_default and (
@@ -151,7 +156,13 @@ class NetworkManager:
         log.info("network %s/%s: %s on %s", user, name, subnet, self.bridge_name(net))
         return net
 
-    def lookup_network(self, user: str, name: str) -> Network:
+    def _network_of(self, user: str, name: str) -> Network:  # net lane: its own connection
+        net = self.db.network(user, name)
+        if net is None:
+            raise NotFound(f"no network {name!r}", reason="unknown-network")
+        return net
+
+    def lookup_network(self, user: str, name: str) -> Network:  # loop
         net = self.view.network(user, name)
         if net is None:
             raise NotFound(f"no network {name!r}", reason="unknown-network")
@@ -161,14 +172,15 @@ class NetworkManager:
         net = self.db.network(user, DEFAULT_NAME)
         return net or self.create_network(user, DEFAULT_NAME, is_default=True)
 
-    def remove_network(self, user: str, name: str) -> None:
-        net = self.lookup_network(user, name)
+    def remove_network(self, user: str, name: str) -> None:  # net lane
+        net = self._network_of(user, name)
         users = [a.sandbox for a in self.db.attachments(net.id)]
         if users:
             raise Conflict(
                 f"network {name!r} is in use by {', '.join(users)}", reason="network-in-use"
             )
         netlink.delete_link(self.bridge_name(net))
+        self._up.discard(self.bridge_name(net))
         self.db.delete_network(net.id)
         self.apply()
 
@@ -178,6 +190,7 @@ class NetworkManager:
         for net in nets:
             with contextlib.suppress(SandboxdError):
                 netlink.delete_link(self.bridge_name(net))
+            self._up.discard(self.bridge_name(net))
             self.db.delete_network(net.id)
         if nets:
             self.apply()
@@ -217,7 +230,7 @@ class NetworkManager:
         net = (
             self.default_network(spec.user)
             if mode == "bridge"
-            else self.lookup_network(spec.user, mode)
+            else self._network_of(spec.user, mode)
         )
         return self._bridge(spec, net)
 
@@ -233,7 +246,6 @@ class NetworkManager:
             self.db.add_port(spec.id, port.proto, port.host_port, port.host_ip, port.ctr_port)
 
     def _bridge(self, spec: SandboxSpec, net: Network) -> Attached:
-        self._check_pool()
         address = ipam.next_address(net.subnet, self.db.used_addresses(net.id))
         ns_name, link = self.netns_name(spec.id), self.link_name(spec.id)
         att = Attachment(
@@ -433,8 +445,9 @@ class NetworkManager:
         except NetworkError as exc:
             log.error("%s", exc.message)
             return
+        self._up.clear()
         for net in nets:
-            self._bring_up(net)
+            self._bring_up(net, force=True)
         self.apply()
 
     # read side --------------------------------------------------------------------------------

@@ -273,6 +273,7 @@ def main(argv: list[str]) -> int:
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != int(argv[2]):  # the daemon died before the line above took effect
         return FAILED
+    os.setpriority(os.PRIO_PROCESS, 0, 0)  # not the daemon loop's priority: sandboxes get 0
     sock = socket.socket(fileno=int(argv[1]))
     os.set_inheritable(sock.fileno(), False)
     try:

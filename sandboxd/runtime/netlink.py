@@ -261,20 +261,22 @@ def add_veth(
 ) -> str:
     """A veth pair: ``host_end`` on ``bridge``, ``eth0`` in the sandbox netns with ``address``.
 
-    Returns the sandbox end's MAC address. On failure the pair is deleted before raising.
+    Returns the sandbox end's MAC address (set here, derived from the address: no read back).
+    On failure the pair is deleted before raising.
     """
+    mac = mac_for(address)
     with IPRoute() as ipr, _mapped(f"veth {host_end}"):
         ipr.link(
             "add",
             ifname=host_end,
             kind="veth",
-            peer={"ifname": "eth0", "net_ns_fd": ns_name, "address": mac_for(address)},
+            peer={"ifname": "eth0", "net_ns_fd": ns_name, "address": mac},
         )
         try:
             idx = _index(ipr, host_end)
             ipr.link("set", index=idx, master=_index(ipr, bridge), state="up")
             _configure_inside(ns_name, address, prefixlen, gateway)
-            return _mac_inside(ns_name)
+            return mac
         except BaseException:
             with contextlib.suppress(NetlinkError):
                 ipr.link("del", ifname=host_end)
