@@ -301,3 +301,14 @@ def test_every_config_key_is_documented() -> None:
                 "network",
                 "images",
             ), name
+
+
+def test_limits_in_answers_are_the_runtime_limits() -> None:
+    """The answer's Limits model and the runtime's dataclass name the same fields (a new limit
+    added to one only shows up as a schema break under fuzzing, much later)."""
+    import dataclasses
+
+    from sandboxd.models import responses
+    from sandboxd.spec import Limits
+
+    assert set(responses.Limits.model_fields) == {f.name for f in dataclasses.fields(Limits)}

@@ -39,6 +39,8 @@ class DeviceRate(Model):
 
 
 class Limits(Model):
+    """``spec.Limits`` as JSON (a test holds the two to the same fields)."""
+
     cpus: float | None
     memory: int | None
     swap: int
@@ -48,6 +50,8 @@ class Limits(Model):
     io_write_bps: list[DeviceRate]
     io_read_iops: list[DeviceRate]
     io_write_iops: list[DeviceRate]
+    memory_high: int | None = None
+    cpu_weight: int | None = None
 
 
 class Volume(Model):
