@@ -307,11 +307,11 @@ class TrackedWebSocket:
         return type(self).__name__  # the wrapper keeps the wrapped handler's name
 
 
-def instrument_routes(routes: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+def instrument_routes(routes: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Wrap every WebSocket handler in ``TrackedWebSocket`` (same class name, same behaviour)."""
     from tornado.websocket import WebSocketHandler
 
-    out: list[tuple[str, Any]] = []
+    out: list[tuple[Any, ...]] = []
     for pattern, handler, *rest in routes:
         if (
             isinstance(handler, type)
@@ -383,7 +383,9 @@ def _network_key(key: str) -> str:
     return "network_" + key[4:] if key.startswith("net_") else key
 
 
-def _family(name: str, doc: str, labels: list[str], counter: bool) -> Metric:
+def _family(
+    name: str, doc: str, labels: list[str], counter: bool
+) -> CounterMetricFamily | GaugeMetricFamily:
     if counter:
         return CounterMetricFamily(f"sandboxd_{name}", doc, labels=labels)
     return GaugeMetricFamily(f"sandboxd_{name}", doc, labels=labels)
@@ -572,4 +574,4 @@ class _Scrape:
 
 def render(snap: Snapshot) -> bytes:
     """The ``/metrics`` body for a filled snapshot (blocking: run it in a lane)."""
-    return generate_latest(_Scrape(snap))  # type: ignore[arg-type]
+    return generate_latest(_Scrape(snap))

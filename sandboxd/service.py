@@ -245,7 +245,7 @@ class Sandboxd:
 
     async def _apply_user_limits(self, name: str, quota: Quota) -> None:
         def apply() -> None:
-            if any(u == name for u, _ in self.runtime.cgroups.list()):
+            if any(u == name for u, _ in self.runtime.cgroups.sandbox_groups()):
                 self.runtime.cgroups.ensure_user(name, _user_limits(quota))
 
         await blocking.run(apply)
@@ -436,7 +436,7 @@ class Sandboxd:
             raise NotFound(f"no such sandbox: {ref}", reason="unknown-sandbox")
         return rec
 
-    def list(
+    def sandboxes_for(
         self, actor: User, all_states: bool = False, kind: str | None = None
     ) -> list[SandboxRecord]:
         return self.store.list_sandboxes(

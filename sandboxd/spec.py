@@ -41,7 +41,7 @@ class Limits:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Limits:
-        io = {
+        io: dict[str, Any] = {
             key: tuple(DeviceRate(**item) for item in data.get(key, ()))
             for key in ("io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops")
         }

@@ -282,7 +282,7 @@ def test_v1_limits_written_and_updated(v1: CgroupDriver) -> None:
     assert _file(v1, "memory", "memory.limit_in_bytes") == str(32 * MiB)
     assert _file(v1, "cpu", "cpu.cfs_quota_us") == "-1"
     assert v1.stats(USER, SB).memory_limit == 32 * MiB
-    assert v1.list() == [(USER, SB)]
+    assert v1.sandbox_groups() == [(USER, SB)]
 
 
 def test_v1_io_rules_set_and_reset(v1: CgroupDriver) -> None:
@@ -300,7 +300,7 @@ def test_v1_failed_create_leaves_nothing(v1: CgroupDriver) -> None:
     v1.ensure_user(USER, Limits(cpus=1))
     with pytest.raises(CgroupError):
         v1.create(USER, SB, Limits(cpus=2))  # the kernel refuses a child quota > parent's
-    assert v1.list() == []
+    assert v1.sandbox_groups() == []
     assert not any(os.path.exists(p) for p in v1.join_paths(USER, SB))
 
 
@@ -318,7 +318,7 @@ def test_v1_membership_kill_remove(v1: CgroupDriver) -> None:
     assert proc.wait(timeout=10) == -signal.SIGKILL
     v1.remove(USER, SB)
     v1.remove(USER, SB)  # idempotent
-    assert v1.list() == []
+    assert v1.sandbox_groups() == []
 
 
 def test_v1_memory_hog_is_oom_killed(v1: CgroupDriver) -> None:
@@ -398,7 +398,7 @@ def test_v1_freeze_thaw(v1: CgroupDriver) -> None:
     finally:
         v1.remove(USER, SB)  # kill + rmdir
         proc.wait(timeout=10)
-    assert v1.list() == []
+    assert v1.sandbox_groups() == []
 
 
 def test_v1_list_and_remove_all(v1: CgroupDriver) -> None:
@@ -407,15 +407,15 @@ def test_v1_list_and_remove_all(v1: CgroupDriver) -> None:
     v1.create("alice", "k1", Limits())
     v1.create("alice", "k2", Limits())
     v1.create("bob", "k1", Limits())
-    assert v1.list() == [("alice", "k1"), ("alice", "k2"), ("bob", "k1")]
+    assert v1.sandbox_groups() == [("alice", "k1"), ("alice", "k2"), ("bob", "k1")]
     v1.remove_user("alice")  # not empty: left alone
-    assert ("alice", "k1") in v1.list()
+    assert ("alice", "k1") in v1.sandbox_groups()
     v1.remove("alice", "k1")
     v1.remove("alice", "k2")
     v1.remove_user("alice")
-    assert v1.list() == [("bob", "k1")]
+    assert v1.sandbox_groups() == [("bob", "k1")]
     v1.remove_all()
-    assert v1.list() == []
+    assert v1.sandbox_groups() == []
 
 
 def test_v2_membership_freeze_kill(v2: CgroupDriver) -> None:
@@ -440,7 +440,7 @@ def test_v2_membership_freeze_kill(v2: CgroupDriver) -> None:
     assert v2.pids(USER, SB) == []
     v2.remove(USER, SB)
     v2.remove_user(USER)
-    assert v2.list() == []
+    assert v2.sandbox_groups() == []
 
 
 def test_v2_missing_controller_is_named(v2: CgroupDriver) -> None:
@@ -451,7 +451,7 @@ def test_v2_missing_controller_is_named(v2: CgroupDriver) -> None:
         pytest.skip("memory controller available here")
     with pytest.raises(CgroupError, match="memory controller"):
         v2.create(USER, SB, Limits(memory=64 * MiB))
-    assert v2.list() == []  # the half-made sandbox was removed
+    assert v2.sandbox_groups() == []  # the half-made sandbox was removed
     with pytest.raises(CgroupError, match="pids controller"):
         v2.create(USER, SB, Limits(pids=16))
 

@@ -99,7 +99,7 @@ def test_anonymous_pull_stores_layers_links_and_config(plain: Registry, tmp_path
 
     async def body(m: ImageManager) -> Any:
         model = await m.pull(f"{plain.host}/busybox", events.append)
-        return model, m.resolve(f"{plain.host}/busybox:latest"), m.list()
+        return model, m.resolve(f"{plain.host}/busybox:latest"), m.listing()
 
     model, resolved, listing = run(tmp_path, {plain.host: {"insecure": True}}, body)
     assert model["names"] == [f"{plain.host}/busybox:latest"]

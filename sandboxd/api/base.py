@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from tornado import web
+from tornado.http1connection import HTTP1Connection
 
 from .. import metrics
 from ..errors import InvalidRequest, PayloadTooLarge, Reason, SandboxdError, Unauthorized
@@ -68,7 +70,7 @@ class BaseHandler(web.RequestHandler):
     def max_body(self) -> int:
         return self.body_limit or self.sbx.config.max_request_body
 
-    def prepare(self) -> None:
+    def prepare(self) -> Awaitable[None] | None:
         """Before the body: refuse one that is too large, and cap what will be read."""
         limit = self.max_body()
         self._chunks: list[bytes] = []
@@ -79,8 +81,9 @@ class BaseHandler(web.RequestHandler):
                 raise InvalidRequest("Content-Length: not a number", reason="bad-request")
             metrics.resource_refusal("body-too-large")
             raise PayloadTooLarge(f"the request body is {int(length)} bytes; the limit is {limit}")
-        if self.request.connection is not None:
+        if isinstance(self.request.connection, HTTP1Connection):
             self.request.connection.set_max_body_size(limit)
+        return None
 
     def data_received(self, chunk: bytes) -> None:
         self._chunks.append(chunk)

@@ -70,7 +70,7 @@ class _ImageHandler(BaseHandler):
 class ImagesHandler(_ImageHandler):
     def get(self) -> None:
         self.current()
-        self.send(self.images.list())
+        self.send(self.images.listing())
 
 
 class ImageHandler(_ImageHandler):

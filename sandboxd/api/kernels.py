@@ -79,7 +79,7 @@ class KernelspecResourceHandler(KernelBase):
 class KernelsHandler(KernelBase):
     def get(self) -> None:
         actor = self.current()
-        self.send([self.kernels.model(k) for k in self.kernels.list(actor)])
+        self.send([self.kernels.model(k) for k in self.kernels.kernels_for(actor)])
 
     async def post(self) -> None:
         actor = self.current()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import typing
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -39,17 +39,21 @@ STATUS_TEXT = {
 }
 
 
-def _models(routes: list[Route]) -> list[tuple[type[BaseModel], str]]:
+Mode = Literal["validation", "serialization"]
+
+
+def _models(routes: list[Route]) -> list[tuple[type[BaseModel], Mode]]:
     """Every model the document refers to, with the JSON Schema mode it is shown in."""
-    found: dict[tuple[type[BaseModel], str], None] = {(Error, "serialization"): None}
+    found: dict[tuple[type[BaseModel], Mode], None] = {(Error, "serialization"): None}
     for route in routes:
         for op in route.ops.values():
             answers = [op.response, *op.also.values()]
-            for model, mode in (
+            wanted: list[tuple[Any, Mode]] = [
                 (op.body, "validation"),
                 (op.query, "validation"),
                 *((_response_model(a), "serialization") for a in answers),
-            ):
+            ]
+            for model, mode in wanted:
                 if isinstance(model, type) and issubclass(model, BaseModel):
                     found[(model, mode)] = None
     return list(found)

@@ -35,7 +35,7 @@ class SandboxesHandler(BaseHandler):
     def get(self) -> None:
         actor = self.current()
         all_states = flag(self.query(ListQuery).all)
-        self.send([self.sbx.model(r) for r in self.sbx.list(actor, all_states)])
+        self.send([self.sbx.model(r) for r in self.sbx.sandboxes_for(actor, all_states)])
 
 
 class SandboxHandler(BaseHandler):
@@ -123,7 +123,7 @@ class StatsHandler(BaseHandler):
 
 class AllStatsHandler(BaseHandler):
     async def get(self) -> None:
-        self.send(await sampled_stats(self.sbx, self.sbx.list(self.current())))
+        self.send(await sampled_stats(self.sbx, self.sbx.sandboxes_for(self.current())))
 
 
 class AttachHandler(websocket.WebSocketHandler):
@@ -181,7 +181,7 @@ class AttachHandler(websocket.WebSocketHandler):
     def check_origin(self, origin: str) -> bool:
         return True
 
-    def open(self, ref: str) -> None:  # type: ignore[override]
+    def open(self, ref: str) -> None:
         if self.ws_connection is not None:
             stream = getattr(self.ws_connection, "stream", None)
             if stream is not None:

@@ -59,7 +59,7 @@ class _Interrupts:
             error_line(str(exc))
 
 
-def write_out(stream: Any, data: bytes) -> None:
+def write_out(stream: Any, data: str | bytes) -> None:
     stream.write(data)
     stream.flush()
 

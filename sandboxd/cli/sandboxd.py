@@ -108,12 +108,9 @@ def cleanup(config: Config, purge: bool) -> int:
     if isinstance(driver, cgroups.CgroupV2):
         driver.release()  # the sandboxes' scope, if any: systemd removes it once empty
     shutil.rmtree(config.run_dir, ignore_errors=True)
-    try:
-        from ..runtime import network_cleanup  # type: ignore[attr-defined]
-    except ImportError:
-        network_cleanup = None
-    if network_cleanup is not None:
-        network_cleanup.cleanup_instance(config)
+    from ..runtime import network_cleanup
+
+    network_cleanup.cleanup_instance(config)
     if purge:
         shutil.rmtree(config.state_dir, ignore_errors=True)
     print(f"instance {config.instance}: cleaned up")

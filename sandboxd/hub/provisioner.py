@@ -22,10 +22,11 @@ import json
 import os
 import signal
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
+from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from tornado import httpclient, websocket
 from traitlets import Unicode
@@ -50,7 +51,7 @@ def _token() -> str:
     return token
 
 
-class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+class SandboxdProvisioner(KernelProvisionerBase):
     """Runs the kernel in a sandboxd sandbox and relays its channels locally."""
 
     url = Unicode(
@@ -59,6 +60,8 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     kernelspec = Unicode("python3", config=True, help="the daemon's kernelspec to start")
 
     remote_id: str | None = None
+    ws: websocket.WebSocketClientConnection | None = None
+    ctx: zmq.asyncio.Context | None = None
     _exit_code: int | None = None
 
     # --- HTTP ------------------------------------------------------------------------------
@@ -86,7 +89,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         kwargs.setdefault("cmd", self.kernel_spec.argv)
         return kwargs
 
-    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict[str, Any]:
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         env = {k: v for k, v in (kwargs.get("env") or {}).items() if k.startswith("KERNEL_")}
         code, model = await self._api("POST", "/api/kernels", {"name": self.kernelspec, "env": env})
         if code != 201:
@@ -98,18 +101,21 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self.url.replace("http", "ws", 1).rstrip("/")
             + f"/api/kernels/{self.remote_id}/channels"
         )
-        self.ws = await websocket.websocket_connect(
+        ws = self.ws = await websocket.websocket_connect(
             httpclient.HTTPRequest(ws_url, headers={"Authorization": f"token {_token()}"}),
             subprotocols=[wire.V1],
         )
         self._bind_local()
         self._tasks = (
-            [asyncio.ensure_future(self._from_ws())]
-            + [asyncio.ensure_future(self._from_local(ch)) for ch in ("shell", "control", "stdin")]
+            [asyncio.ensure_future(self._from_ws(ws))]
+            + [
+                asyncio.ensure_future(self._from_local(ws, ch))
+                for ch in ("shell", "control", "stdin")
+            ]
             + [asyncio.ensure_future(self._heartbeat())]
         )
         # jupyter_client compares keys as bytes (connect.py::_reconcile_connection_info)
-        self.connection_info = {**self.info, "key": self.key.encode()}
+        self.connection_info = cast(KernelConnectionInfo, {**self.info, "key": self.key.encode()})
         return self.connection_info
 
     def _bind_local(self) -> None:
@@ -132,7 +138,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self.info[f"{channel}_port"] = port
         self.idents: dict[str, list[bytes]] = {}
 
-    async def _from_local(self, channel: str) -> None:
+    async def _from_local(self, ws: websocket.WebSocketClientConnection, channel: str) -> None:
         sock = self.sockets[channel]
         while True:
             msg = await sock.recv_multipart()
@@ -142,11 +148,11 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 self.idents[msg_id] = idents
                 if len(self.idents) > 10000:
                     self.idents.pop(next(iter(self.idents)))
-                await self.ws.write_message(wire.to_v1(channel, body), binary=True)
+                await ws.write_message(wire.to_v1(channel, body), binary=True)
 
-    async def _from_ws(self) -> None:
+    async def _from_ws(self, ws: websocket.WebSocketClientConnection) -> None:
         while True:
-            frame = await self.ws.read_message()
+            frame = await ws.read_message()
             if frame is None:
                 self._exit_code = self._exit_code if self._exit_code is not None else 1
                 return
@@ -212,12 +218,12 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         await self.kill(restart)
         for task in getattr(self, "_tasks", []):
             task.cancel()
-        if getattr(self, "ws", None) is not None:
+        if self.ws is not None:
             self.ws.close()
             self.ws = None
         for sock in getattr(self, "sockets", {}).values():
             sock.close(0)
-        if getattr(self, "ctx", None) is not None:
+        if self.ctx is not None:
             self.ctx.term()
             self.ctx = None
         self.remote_id = None

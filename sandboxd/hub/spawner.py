@@ -54,11 +54,11 @@ except ImportError:  # pragma: no cover - older hubs
 try:
     from jupyterhub.traitlets import ByteSpecification
 except ImportError:  # pragma: no cover
-    ByteSpecification = Integer  # type: ignore[misc,assignment]
+    ByteSpecification = Integer
 
 #: sandboxd error reasons → the SpawnException reason label (a Prometheus label in the Hub);
 #: keyed by ``Reason`` members, so a reason the daemon does not have cannot be listed here
-REASONS: dict[Reason, str] = {
+REASONS: dict[str, str] = {
     Reason.MAX_SANDBOXES: "quota",
     Reason.MAX_KERNELS: "quota",
     Reason.MEMORY_QUOTA: "quota",

@@ -62,7 +62,7 @@ def decompress_to(src: str, dest: str, limit: int) -> bool:
             import zstandard
 
             dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
-            stream = dctx.stream_reader(fh, read_across_frames=True)  # type: ignore[assignment]
+            stream = dctx.stream_reader(fh, read_across_frames=True)
         else:
             return False
         written = 0

@@ -132,7 +132,7 @@ class ImageManager:
 
     # -- listing --------------------------------------------------------------------------
 
-    def list(self) -> list[dict[str, Any]]:
+    def listing(self) -> list[dict[str, Any]]:
         return [self.store.model(i) for i in self.store.image_ids()]
 
     def inspect(self, ref: str) -> dict[str, Any]:
@@ -325,7 +325,7 @@ class ImageManager:
         last one waiting gives up (its pull failed), the work is cancelled."""
         entry = self._layers.get(diff_id)
         if entry is None:
-            task = asyncio.get_running_loop().create_task(make())  # type: ignore[arg-type]
+            task = asyncio.ensure_future(make())
             entry = self._layers[diff_id] = [task, 0]
             task.add_done_callback(lambda _: self._layers.pop(diff_id, None))
         entry[1] += 1

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, PrivateAttr, StrictBool, StrictStr, ValidationError
 
 from ..errors import InvalidRequest, Reason
-from ..models.types import Model, PositiveFloat, count, first_error, size
+from ..models.types import Count1, Model, PositiveFloat, Size1, first_error
 
 G = 1 << 30
 M = 1 << 20
@@ -96,24 +96,24 @@ class RegistryTable(Model):
 class ImageSettings(Model):
     """``[images]``: the image store's limits, where images may come from, and how."""
 
-    max_store_bytes: size(1) = Field(50 * G, description="the whole image store")
-    max_layer_bytes: size(1) = Field(
+    max_store_bytes: Size1 = Field(50 * G, description="the whole image store")
+    max_layer_bytes: Size1 = Field(
         8 * G, description="unpacked bytes of one layer (decompression bombs stop here)"
     )
-    max_layer_entries: count(1) = Field(500_000, description="tar entries of one layer")
-    max_blob_bytes: size(1) = Field(4 * G, description="one compressed layer as downloaded")
-    max_load_bytes: size(1) = Field(
+    max_layer_entries: Count1 = Field(500_000, description="tar entries of one layer")
+    max_blob_bytes: Size1 = Field(4 * G, description="one compressed layer as downloaded")
+    max_load_bytes: Size1 = Field(
         8 * G, description="one uploaded archive (docker save, OCI layout)"
     )
-    max_manifest_bytes: size(1) = Field(4 * M, description="one manifest or image config")
-    max_layers: Annotated[count(1), AfterValidator(_max_layers)] = Field(
+    max_manifest_bytes: Size1 = Field(4 * M, description="one manifest or image config")
+    max_layers: Annotated[Count1, AfterValidator(_max_layers)] = Field(
         127, description="layers of one image (overlayfs stacks at most 500)"
     )
-    max_concurrent_pulls: count(1) = Field(
+    max_concurrent_pulls: Count1 = Field(
         4, description="pulls + loads at once; more are refused with 429"
     )
-    layer_downloads: count(1) = Field(3, description="layers of one pull downloaded at once")
-    unpack_workers: count(1) = Field(
+    layer_downloads: Count1 = Field(3, description="layers of one pull downloaded at once")
+    unpack_workers: Count1 = Field(
         2, description="worker processes unpacking layers (off the event loop)"
     )
     timeout_seconds: PositiveFloat = Field(600.0, description="one registry request")

@@ -114,7 +114,7 @@ def open_decompressed(fh: IO[bytes]) -> IO[bytes]:
         import zstandard
 
         dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
-        return dctx.stream_reader(fh, read_across_frames=True)  # type: ignore[return-value]
+        return dctx.stream_reader(fh, read_across_frames=True)
     return fh
 
 

@@ -63,7 +63,7 @@ REOPEN_DELAY = 0.05  # seconds before a socket ZMQ dropped is made again
 def configure_zmq() -> None:
     """Raise ZMQ's socket limit before the first socket, and start ZMQ's I/O thread (with a
     first socket) from a thread at normal priority, not the loop's."""
-    context = zmq.Context.instance()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     context.set(zmq.MAX_SOCKETS, MAX_SOCKETS)
 
     def first_socket() -> None:
@@ -194,7 +194,7 @@ class KernelChannels:
     ):
         self.sockets = sockets  # channel -> O_PATH fd, owned (closed) by this object
         self.signer = wire.Signer(key)
-        self.context = zmq.Context.instance()
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.max_message = max_message
         self.rate = float(rate)
         self.tokens = float(rate)

@@ -83,7 +83,7 @@ class KernelManager:
             raise NotFound(f"no such kernel: {kernel_id}", reason="unknown-kernel")
         return kernel
 
-    def list(self, actor: User) -> list[Kernel]:
+    def kernels_for(self, actor: User) -> list[Kernel]:
         return [k for k in self.kernels.values() if self.may_see(actor, k)]
 
     def model(self, kernel: Kernel) -> dict[str, Any]:

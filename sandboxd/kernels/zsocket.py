@@ -36,7 +36,7 @@ class ZSocket:
     def __init__(self, socket: zmq.Socket, max_pending: int = MAX_PENDING) -> None:
         self.socket = socket
         self.loop = asyncio.get_running_loop()
-        self.fd = socket.getsockopt(zmq.FD)
+        self.fd: int = socket.FD
         self.callback: OnRecv | None = None
         self.pending: list[list[bytes]] = []  # messages that met a full queue, in order
         self.pending_bytes = 0

@@ -28,11 +28,20 @@ from .requests import NetworkMode
 from .types import (
     ENV_KEY_PATTERN,
     AbsolutePath,
+    Count0,
+    Count1,
+    Count8,
+    Count64,
+    Count1000,
     Model,
     NonNegativeFloat,
     PositiveFloat,
-    count,
-    size,
+    Size0,
+    Size1M,
+    Size4K,
+    Size4M,
+    Size16K,
+    Size64K,
 )
 
 G = 1 << 30
@@ -65,16 +74,16 @@ class Profile(Model):
     Every profile inherits the keys set in ``[profiles.default]``."""
 
     cpus: PositiveFloat = Field(1.0, description="cores a sandbox gets unless it asks")
-    memory: size(4 * M) = Field(G, description="memory limit unless asked")
-    swap: size() = Field(0, description="swap beyond memory")
-    memory_high: size() = Field(
+    memory: Size4M = Field(G, description="memory limit unless asked")
+    swap: Size0 = Field(0, description="swap beyond memory")
+    memory_high: Size0 = Field(
         0, description="cgroup v2 memory.high: throttle (never kill) above this; 0 = off"
     )
     cpu_weight: Annotated[StrictInt, Field(ge=1, le=10000)] = Field(
         100, description="cgroup v2 cpu.weight (cpu.shares on v1): the share under contention"
     )
-    pids: count(8) = Field(512, description="most processes at once")
-    disk: size() = Field(G, description="size of the writable layer")
+    pids: Count8 = Field(512, description="most processes at once")
+    disk: Size0 = Field(G, description="size of the writable layer")
     image: StrictStr = Field("host", description="image unless asked")
     network: NetworkMode = Field(
         "bridge", description='the default network: "bridge" (the user\'s), "none" = loopback only'
@@ -86,9 +95,9 @@ class Profile(Model):
     cull_busy: StrictBool = Field(False, description="cull kernels that are busy too")
     cull_connected: StrictBool = Field(True, description="cull kernels with clients connected")
     max_cpus: PositiveFloat = Field(4.0, description="the most a request may ask for")
-    max_memory: size() = Field(16 * G, description="the most memory a request may ask for")
-    max_pids: count(8) = Field(4096, description="the most pids a request may ask for")
-    max_disk: size() = Field(20 * G, description="the most disk a request may ask for")
+    max_memory: Size0 = Field(16 * G, description="the most memory a request may ask for")
+    max_pids: Count8 = Field(4096, description="the most pids a request may ask for")
+    max_disk: Size0 = Field(20 * G, description="the most disk a request may ask for")
     allow_host_network: StrictBool = Field(False, description='allow network = "host"')
     seccomp_profile: Annotated[StrictStr, AfterValidator(_seccomp_file)] | None = Field(
         "",
@@ -129,11 +138,11 @@ class Quota(Model):
     """``[quotas.default]``, ``[groups.NAME]``, ``[users.NAME]``, ``PUT /api/users/{name}/quota``:
     what one user may hold at once, across all their running sandboxes."""
 
-    max_sandboxes: count(0) = Field(20, description="sandboxes running at once (kernels included)")
-    max_kernels: count(0) = Field(10, description="kernels running at once")
-    memory: size() = Field(16 * G, description="memory of all running sandboxes together")
+    max_sandboxes: Count0 = Field(20, description="sandboxes running at once (kernels included)")
+    max_kernels: Count0 = Field(10, description="kernels running at once")
+    memory: Size0 = Field(16 * G, description="memory of all running sandboxes together")
     cpus: PositiveFloat = Field(8.0, description="cores of all running sandboxes together")
-    pids: count(64) = Field(
+    pids: Count64 = Field(
         4096, description="processes and threads of all running sandboxes together"
     )
 
@@ -144,11 +153,11 @@ class Quota(Model):
 class QuotaPatch(Model):
     """Some keys of a quota, laid over another one (a group's, a user's, a live change)."""
 
-    max_sandboxes: count(0) | None = None
-    max_kernels: count(0) | None = None
-    memory: size() | None = None
+    max_sandboxes: Count0 | None = None
+    max_kernels: Count0 | None = None
+    memory: Size0 | None = None
     cpus: PositiveFloat | None = None
-    pids: count(64) | None = None
+    pids: Count64 | None = None
 
     def over(self, base: Quota) -> Quota:
         return base.model_copy(update=self.model_dump(exclude_none=True))
@@ -178,17 +187,17 @@ class ConfigFile(Model):
     )
     state_dir: StrictStr = Field("", description='"" = /var/lib/sandboxd/<instance>')
     run_dir: StrictStr = Field("", description='"" = /run/sandboxd/<instance>')
-    tenant_uid_base: count(1000) = Field(
+    tenant_uid_base: Count1000 = Field(
         800000, description="tenant host uids are base, base+1, ... (one per user, never 0)"
     )
-    tenant_uid_count: count(1) = Field(100000, description="how many tenant uids")
-    log_max_bytes: size(16384) = Field(
+    tenant_uid_count: Count1 = Field(100000, description="how many tenant uids")
+    log_max_bytes: Size16K = Field(
         M, description="output kept per sandbox (stdout + stderr), at all times"
     )
-    log_rate_bytes: size(65536) = Field(
+    log_rate_bytes: Size64K = Field(
         8 * M, description="output read per second per sandbox; a faster writer just blocks"
     )
-    max_exited_per_user: count(0) = Field(
+    max_exited_per_user: Count0 = Field(
         50, description="exited sandboxes kept per user (their logs and exit); oldest go first"
     )
     stop_grace_seconds: NonNegativeFloat = Field(
@@ -200,10 +209,10 @@ class ConfigFile(Model):
     loop_nice: Annotated[StrictInt, Field(ge=-20, le=0)] = Field(
         -5, description="nice value of the event loop's thread (others run at 0); 0 = no boost"
     )
-    max_volumes_per_user: count(1) = Field(
+    max_volumes_per_user: Count1 = Field(
         50, description="volumes one user may have (their size is the volume root's business)"
     )
-    audit_max_rows: count(1000) = Field(
+    audit_max_rows: Count1000 = Field(
         100000, description="audit log entries kept; the oldest go first"
     )
     metrics_token: StrictStr = Field(
@@ -212,19 +221,19 @@ class ConfigFile(Model):
     metrics_public: StrictBool = Field(
         False, description="true: /metrics without a token (it names every user and sandbox)"
     )
-    max_request_body: size(4096) = Field(
+    max_request_body: Size4K = Field(
         M, description="bytes of a JSON request body, checked before the token"
     )
-    max_websockets_per_user: count(1) = Field(
+    max_websockets_per_user: Count1 = Field(
         64, description="kernel channels and attaches open at once, per user"
     )
-    max_websockets_per_kernel: count(1) = Field(
+    max_websockets_per_kernel: Count1 = Field(
         16, description="channel WebSockets open at once on one kernel"
     )
-    attach_stdin_buffer: size(4096) = Field(
+    attach_stdin_buffer: Size4K = Field(
         M, description="stdin bytes held for a slow sandbox before the attach closes"
     )
-    kernel_run_size: size(M) = Field(
+    kernel_run_size: Size1M = Field(
         16 * M, description="the tmpfs at /run/kernel (connection file and ZMQ sockets)"
     )
     env_allow: tuple[Annotated[StrictStr, Field(pattern=ENV_KEY_PATTERN)], ...] = Field(

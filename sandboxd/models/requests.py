@@ -28,13 +28,15 @@ from .types import (
     USER_PATTERN,
     AbsolutePath,
     Bool,
+    Count8,
     Cpus,
     Model,
     NonNegativeFloat,
     Query,
+    Size0,
+    Size1M,
+    Size4M,
     Text,
-    count,
-    size,
 )
 
 MAX_COMMAND_BYTES = 128 * 1024
@@ -165,10 +167,10 @@ class SandboxCreate(Model):
         None, description="image name; default the profile's"
     )
     cpus: Cpus | None = Field(None, description="cores, e.g. 0.5 (up to the profile's max_cpus)")
-    memory: size(4 << 20) | None = Field(None, description="memory limit, e.g. `512m`")
-    swap: size() | None = Field(None, description="swap beyond memory (default 0)")
-    disk: size(1 << 20) | None = Field(None, description="writable layer size, e.g. `1g`")
-    pids: count(8) | None = Field(None, description="most processes at once (at least 8)")
+    memory: Size4M | None = Field(None, description="memory limit, e.g. `512m`")
+    swap: Size0 | None = Field(None, description="swap beyond memory (default 0)")
+    disk: Size1M | None = Field(None, description="writable layer size, e.g. `1g`")
+    pids: Count8 | None = Field(None, description="most processes at once (at least 8)")
     device_read_bps: Annotated[list[DeviceRule], Field(max_length=MAX_DEVICE_RULES)] = Field(
         default_factory=list, description='per-device read rate, `"/dev/vda:1mb"`'
     )
@@ -214,9 +216,9 @@ class LimitsUpdate(Model):
     model_config = ConfigDict(json_schema_extra={"minProperties": 1})
 
     cpus: Cpus | None = None
-    memory: size(4 << 20) | None = None
-    pids: count(8) | None = None
-    memory_high: size() | None = Field(
+    memory: Size4M | None = None
+    pids: Count8 | None = None
+    memory_high: Size0 | None = Field(
         None, description="cgroup v2 memory.high; 0 = off, else 4m up to the sandbox's memory"
     )
     cpu_weight: Annotated[StrictInt, Field(ge=1, le=10000)] | None = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -172,6 +172,28 @@ def _integer(value: Any) -> Any:
 
 def count(least: int = 0) -> Any:
     return Annotated[StrictInt, Field(ge=least), BeforeValidator(_integer)]
+
+
+# Named constraints, so every annotation is a plain type alias (mypy cannot read a call there):
+# at run time the pydantic Annotated types above, for the type checker plain int.
+if TYPE_CHECKING:
+    Count0: TypeAlias = int
+    Count1: TypeAlias = int
+    Count8: TypeAlias = int
+    Count64: TypeAlias = int
+    Count1000: TypeAlias = int
+    Size0: TypeAlias = int
+    Size1: TypeAlias = int
+    Size4K: TypeAlias = int
+    Size16K: TypeAlias = int
+    Size64K: TypeAlias = int
+    Size1M: TypeAlias = int
+    Size4M: TypeAlias = int
+else:
+    Count0, Count1, Count8, Count64, Count1000 = (count(n) for n in (0, 1, 8, 64, 1000))
+    Size0, Size1, Size4K, Size16K, Size64K, Size1M, Size4M = (
+        size(n) for n in (0, 1, 4096, 16384, 65536, 1 << 20, 4 << 20)
+    )
 
 
 def _no_nul(value: str) -> str:

@@ -82,7 +82,8 @@ class NetworkDB:
 
     # networks
     def networks(self, user: str | None = None) -> list[Network]:
-        q, args = "SELECT * FROM net_networks", ()
+        q = "SELECT * FROM net_networks"
+        args: tuple[Any, ...] = ()
         if user is not None:
             q, args = q + " WHERE user = ?", (user,)
         return [self._net(r) for r in self.db.execute(q + " ORDER BY id", args)]
@@ -121,7 +122,8 @@ class NetworkDB:
 
     # attachments
     def attachments(self, network: int | None = None) -> list[Attachment]:
-        q, args = "SELECT * FROM net_attachments", ()
+        q = "SELECT * FROM net_attachments"
+        args: tuple[Any, ...] = ()
         if network is not None:
             q, args = q + " WHERE network = ?", (network,)
         rows = [dict(r) for r in self.db.execute(q, args)]
@@ -173,7 +175,8 @@ class NetworkDB:
 
     # ports
     def ports(self, sid: str | None = None) -> list[dict[str, Any]]:
-        q, args = "SELECT * FROM net_ports", ()
+        q = "SELECT * FROM net_ports"
+        args: tuple[Any, ...] = ()
         if sid is not None:
             q, args = q + " WHERE sandbox = ?", (sid,)
         return [dict(r) for r in self.db.execute(q + " ORDER BY proto, host_port", args)]

@@ -40,6 +40,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sandboxd.errors import CgroupError, InvalidRequest
 from sandboxd.spec import DeviceRate, Limits
@@ -538,7 +539,7 @@ class CgroupDriver(ABC):
         for path in dirs:
             _rmdir(path)
 
-    def list(self) -> list[tuple[str, str]]:
+    def sandbox_groups(self) -> list[tuple[str, str]]:
         """(user, sandbox) pairs present in any hierarchy, for crash cleanup."""
         pairs: set[tuple[str, str]] = set()
         for root in self._dirs():
@@ -548,7 +549,7 @@ class CgroupDriver(ABC):
 
     def remove_all(self) -> None:
         """Everything under ``<root>`` (for ``sandboxd cleanup`` and tests)."""
-        for user, sandbox in self.list():
+        for user, sandbox in self.sandbox_groups():
             self.remove(user, sandbox)
         users = {u for root in self._dirs() for u in _subdirs(root)}
         for user in sorted(users):
@@ -1109,9 +1110,9 @@ def read_psi(path: str) -> dict[str, float]:
     return out
 
 
-def _pressure(path: str) -> dict[str, float]:
+def _pressure(path: str) -> dict[str, Any]:
     """PSI (cAdvisor: waiting = some, stalled = full) and memory.events of a v2 cgroup."""
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     for resource in _PSI:
         psi = read_psi(os.path.join(path, f"{resource}.pressure"))
         if psi:

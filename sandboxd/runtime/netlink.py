@@ -201,13 +201,13 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int) -> None:
 @off_loop
 def host_routes() -> list[ipaddress.IPv4Network]:
     """Destinations of the host's IPv4 routes, in all tables, without the default route."""
-    out = []
+    out: list[ipaddress.IPv4Network] = []
     with IPRoute() as ipr, _mapped("dump routes"):
         for route in ipr.route("dump", family=AF_INET):
             dst, plen = route.get_attr("RTA_DST"), route["dst_len"]
             if dst and plen:
                 with contextlib.suppress(ValueError):
-                    out.append(ipaddress.ip_network(f"{dst}/{plen}", strict=False))
+                    out.append(ipaddress.IPv4Network(f"{dst}/{plen}", strict=False))
     return out
 
 
@@ -220,7 +220,7 @@ def route_devices() -> dict[ipaddress.IPv4Network, str]:
         for route in ipr.route("dump", family=AF_INET):
             dst, plen = route.get_attr("RTA_DST"), route["dst_len"]
             if dst and plen:
-                net = ipaddress.ip_network(f"{dst}/{plen}", strict=False)
+                net = ipaddress.IPv4Network(f"{dst}/{plen}", strict=False)
                 out[net] = names.get(route.get_attr("RTA_OIF"), "")
     return out
 

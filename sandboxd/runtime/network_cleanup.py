@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 from ..config import Config
 from ..errors import SandboxdError
@@ -22,7 +23,7 @@ def cleanup_instance(config: Config) -> list[str]:
     inst = config.instance
     removed: list[str] = []
 
-    def attempt(what: str, action, *args) -> None:  # type: ignore[no-untyped-def]
+    def attempt(what: str, action: Callable[..., object], *args: object) -> None:
         try:
             action(*args)
             removed.append(what)

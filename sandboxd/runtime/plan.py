@@ -91,6 +91,6 @@ class LaunchPlan:
             uid=data["uid"],
             error_fd=data["error_fd"],
             net_fd=data.get("net_fd"),
-            nofile=tuple(data.get("nofile", (4096, 65536))),  # type: ignore[arg-type]
+            nofile=tuple(data.get("nofile", (4096, 65536))),
             keep_fds=tuple(data.get("keep_fds", ())),
         )

@@ -411,7 +411,7 @@ class Runtime:
 
     def orphans(self, known: set[str]) -> list[tuple[str, str]]:
         """cgroups and run dirs this instance made that no record knows: crash leftovers."""
-        found = [(u, s) for u, s in self.cgroups.list() if s not in known]
+        found = [(u, s) for u, s in self.cgroups.sandbox_groups() if s not in known]
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.run_dir):
                 if name not in known and os.path.isdir(os.path.join(self.run_dir, name)):

@@ -615,5 +615,5 @@ def test_create_remove_churn_leaves_no_cgroups(v2d: Daemon, vera: Client) -> Non
         code = vera.run_to_end(["true"], cpus=0.5, memory="64m", pids=32)[0]["exit_code"]
         assert code == 0
     took = (time.monotonic() - t0) / 15
-    assert [s for u, s in driver.list() if u == "vera"] == []
+    assert [s for u, s in driver.sandbox_groups() if u == "vera"] == []
     record("create/remove churn", "15 sandboxes, nothing left", f"{took:.2f} s per run+remove")
