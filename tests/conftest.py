@@ -55,11 +55,43 @@ def _enter_test_netns() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    if os.geteuid() != 0:
-        raise pytest.UsageError("sandboxd's tests run as root on a real kernel")
-    if not hasattr(config, "workerinput"):
+IS_ROOT = os.geteuid() == 0
+#: fixtures that start a daemon or touch the host: a test using one must be marked ``root``
+ROOT_FIXTURES = {"daemon", "alice", "bob"}
+
+
+def _needs_root(item: pytest.Item) -> bool:
+    return item.get_closest_marker("root") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Hold the ``root`` marker true, and skip root tests (with the reason) for a non-root run."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if not _needs_root(item) and ROOT_FIXTURES & set(getattr(item, "fixturenames", ()))
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use a daemon but lack `pytestmark = pytest.mark.root`:\n  "
+            + "\n  ".join(unmarked)
+        )
+    if not IS_ROOT:
+        skip = pytest.mark.skip(reason="needs root and a real kernel: run `make test` as root")
+        for item in items:
+            if _needs_root(item):
+                item.add_marker(skip)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Only a run that holds root tests moves into its own network namespace."""
+    in_worker = hasattr(session.config, "workerinput")
+    if IS_ROOT and not in_worker and any(_needs_root(item) for item in session.items):
         _enter_test_netns()
+        session.config.stash[_IN_NETNS] = True
+
+
+_IN_NETNS = pytest.StashKey[bool]()
 
 
 def leftovers(prefix: str) -> list[str]:
@@ -130,6 +162,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             "\nSANDBOXD_TESTS_MUST_RUN: these tests were skipped:\n  " + "\n  ".join(SKIPPED) + "\n"
         )
         session.exitstatus = 1
+    if not session.config.stash.get(_IN_NETNS, False):  # a pure run: no host objects made
+        for path in (STATE_DIR, VOLUME_ROOT):
+            shutil.rmtree(path, ignore_errors=True)
+        return
     subprocess.run(
         [SANDBOXD, "cleanup", "--instance", INSTANCE, "--purge", "--state-dir", STATE_DIR],
         capture_output=True,

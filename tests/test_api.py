@@ -11,6 +11,8 @@ from conftest import VOLUME_ROOT, Client, Daemon
 
 from sandboxd.errors import Reason
 
+pytestmark = pytest.mark.root
+
 
 def error(resp: requests.Response, status: int, reason: str | None = None) -> dict:
     assert resp.status_code == status, (resp.status_code, resp.text)

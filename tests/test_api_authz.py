@@ -290,6 +290,7 @@ def _check(resp: requests.Response, expected: int | None, where: str) -> None:
     assert set(body) == {"reason", "message"} and body["reason"] in set(Reason), body
 
 
+@pytest.mark.root
 def test_every_operation_for_every_caller(world: World) -> None:
     doc = requests.get(world.d.url + "/api/openapi.json", timeout=30).json()
     missing = [path for path in doc["paths"] if path not in TARGETS]
@@ -315,6 +316,7 @@ def test_every_operation_for_every_caller(world: World) -> None:
     assert checked == 5 * sum(len(item) for item in doc["paths"].values())
 
 
+@pytest.mark.root
 def test_a_service_never_acts_for_an_admin_or_another_service(world: World) -> None:
     service = world.clients["service"]
     world.clients["admin"].call("POST", "/api/users", json={"name": "mxhub2", "service": True})

@@ -31,6 +31,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+pytestmark = pytest.mark.root
+
 # an image archive upload is raw bytes, as an octet stream is
 schemathesis.serializer.alias("application/x-tar", "application/octet-stream")
 

@@ -173,13 +173,6 @@ def _cgroup2_mount() -> str | None:
     return None
 
 
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("SANDBOXD_TESTS_MUST_RUN") == "1":
-            pytest.fail("cgroup tests must run as root")
-        pytest.skip("cgroup tests need root")
-
-
 def _leftovers(root: str) -> list[str]:
     """Every directory named ``root`` one or two levels under /sys/fs/cgroup."""
     found = []
@@ -192,7 +185,6 @@ def _leftovers(root: str) -> list[str]:
 
 
 def _driver(make: Callable[[str], CgroupDriver]) -> Iterator[CgroupDriver]:
-    _require_root()
     root = "sbxt" + secrets.token_hex(3)
     driver = make(root)
     try:
@@ -204,7 +196,6 @@ def _driver(make: Callable[[str], CgroupDriver]) -> Iterator[CgroupDriver]:
 
 @pytest.fixture
 def v1() -> Iterator[CgroupDriver]:
-    _require_root()
     if probe("sbxtprobe", claim=False).version != 1:
         pytest.skip("host is not cgroup v1/hybrid")
     yield from _driver(probe)
@@ -212,7 +203,6 @@ def v1() -> Iterator[CgroupDriver]:
 
 @pytest.fixture
 def v2() -> Iterator[CgroupDriver]:
-    _require_root()
     mount = _cgroup2_mount()
     if mount is None:
         pytest.skip("no cgroup2 mount")
@@ -259,12 +249,13 @@ def _block_device() -> str | None:
     return None
 
 
+@pytest.mark.root
 def test_probe_matches_mountinfo() -> None:
-    _require_root()
     expected = 2 if _cgroup2_mount() == CGROUP else 1
     assert probe("sbxtprobe", claim=False).version == expected  # look only: makes no scope
 
 
+@pytest.mark.root
 def test_v1_limits_written_and_updated(v1: CgroupDriver) -> None:
     v1.ensure_user(USER, Limits(cpus=2, memory=512 * MiB, pids=200))
     v1.ensure_user(USER, Limits(cpus=2, memory=512 * MiB, pids=200))  # idempotent
@@ -285,6 +276,7 @@ def test_v1_limits_written_and_updated(v1: CgroupDriver) -> None:
     assert v1.sandbox_groups() == [(USER, SB)]
 
 
+@pytest.mark.root
 def test_v1_io_rules_set_and_reset(v1: CgroupDriver) -> None:
     device = _block_device()
     if device is None:
@@ -296,6 +288,7 @@ def test_v1_io_rules_set_and_reset(v1: CgroupDriver) -> None:
     assert _file(v1, "blkio", "blkio.throttle.read_bps_device") == ""
 
 
+@pytest.mark.root
 def test_v1_failed_create_leaves_nothing(v1: CgroupDriver) -> None:
     v1.ensure_user(USER, Limits(cpus=1))
     with pytest.raises(CgroupError):
@@ -304,6 +297,7 @@ def test_v1_failed_create_leaves_nothing(v1: CgroupDriver) -> None:
     assert not any(os.path.exists(p) for p in v1.join_paths(USER, SB))
 
 
+@pytest.mark.root
 def test_v1_membership_kill_remove(v1: CgroupDriver) -> None:
     v1.ensure_user(USER, Limits())
     v1.create(USER, SB, Limits())
@@ -321,6 +315,7 @@ def test_v1_membership_kill_remove(v1: CgroupDriver) -> None:
     assert v1.sandbox_groups() == []
 
 
+@pytest.mark.root
 def test_v1_memory_hog_is_oom_killed(v1: CgroupDriver) -> None:
     v1.ensure_user(USER, Limits(memory=256 * MiB))
     v1.create(USER, SB, Limits(memory=64 * MiB))
@@ -351,6 +346,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.root
 def test_v1_fork_bomb_contained_at_pids_max(v1: CgroupDriver) -> None:
     v1.ensure_user(USER, Limits())
     v1.create(USER, SB, Limits(pids=16))
@@ -366,6 +362,7 @@ def test_v1_fork_bomb_contained_at_pids_max(v1: CgroupDriver) -> None:
     assert v1.pids(USER, SB) == []
 
 
+@pytest.mark.root
 def test_v1_cpu_stats_grow_and_throttle(v1: CgroupDriver) -> None:
     v1.ensure_user(USER, Limits())
     v1.create(USER, SB, Limits(cpus=0.5))
@@ -383,6 +380,7 @@ def test_v1_cpu_stats_grow_and_throttle(v1: CgroupDriver) -> None:
         proc.wait(timeout=10)
 
 
+@pytest.mark.root
 def test_v1_freeze_thaw(v1: CgroupDriver) -> None:
     v1.ensure_user(USER, Limits())
     v1.create(USER, SB, Limits())
@@ -401,6 +399,7 @@ def test_v1_freeze_thaw(v1: CgroupDriver) -> None:
     assert v1.sandbox_groups() == []
 
 
+@pytest.mark.root
 def test_v1_list_and_remove_all(v1: CgroupDriver) -> None:
     v1.ensure_user("alice", Limits())
     v1.ensure_user("bob", Limits())
@@ -418,6 +417,7 @@ def test_v1_list_and_remove_all(v1: CgroupDriver) -> None:
     assert v1.sandbox_groups() == []
 
 
+@pytest.mark.root
 def test_v2_membership_freeze_kill(v2: CgroupDriver) -> None:
     v2.ensure_user(USER, Limits())
     v2.create(USER, SB, Limits())
@@ -443,6 +443,7 @@ def test_v2_membership_freeze_kill(v2: CgroupDriver) -> None:
     assert v2.sandbox_groups() == []
 
 
+@pytest.mark.root
 def test_v2_missing_controller_is_named(v2: CgroupDriver) -> None:
     v2.ensure_user(USER, Limits())
     with open(os.path.join(v2.mount, v2.root, USER, "cgroup.controllers")) as fh:

@@ -21,6 +21,8 @@ from test_kernel_fixtures import execute, start_kernel, ws_connect
 
 from sandboxd.kernels import channels
 
+pytestmark = pytest.mark.root
+
 INST = other_instance("c")
 POOL = "10.217.0.0/16"
 CYCLES = 200

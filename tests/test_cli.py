@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from conftest import PYTHON, SANDBOXCTL, Daemon
+
+pytestmark = pytest.mark.root
 
 HOG = "b = bytearray(256 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1"
 

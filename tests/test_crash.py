@@ -29,6 +29,8 @@ from test_kernel_fixtures import execute, start_kernel, stdout_of, ws_connect
 
 from sandboxd import faults
 
+pytestmark = pytest.mark.root
+
 INST = other_instance("f")
 POOL = "10.218.0.0/16"
 ROUNDS = 20  # SIGKILLs at random moments under load

@@ -23,6 +23,8 @@ import websocket
 from conftest import Daemon, free_port
 from test_kernel_fixtures import execute, kd, message, recv, send, stdout_of  # noqa: F401
 
+pytestmark = pytest.mark.root
+
 JUPYTER = os.path.join(os.path.dirname(sys.executable), "jupyter")
 
 

@@ -36,6 +36,8 @@ from conftest import (
     stop_daemon,
 )
 
+pytestmark = pytest.mark.root
+
 CHP = os.path.join(ROOT, ".node", "node_modules", ".bin", "configurable-http-proxy")
 JUPYTERHUB = os.path.join(BIN, "jupyterhub")
 MEM_LIMIT = 256 * 1024 * 1024

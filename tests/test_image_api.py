@@ -19,9 +19,12 @@ from helpers import wait_until
 from image_registry import LAYOUTS, Registry, layouts_ready
 from test_api import error
 
-pytestmark = pytest.mark.skipif(
-    not layouts_ready(), reason="image fixtures missing: run `make test-images`"
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        not layouts_ready(), reason="image fixtures missing: run `make test-images`"
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,12 @@ from sandboxd.errors import Forbidden, InvalidImage, NotFound, QuotaExceeded, Re
 from sandboxd.images.manager import ImageManager
 from sandboxd.images.settings import parse_images
 
-pytestmark = pytest.mark.skipif(
-    not layouts_ready(), reason="image fixtures missing: run `make test-images`"
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        not layouts_ready(), reason="image fixtures missing: run `make test-images`"
+    ),
+]
 
 
 def run(

@@ -24,6 +24,8 @@ from sandboxd.errors import Conflict, HostError, InvalidImage, NotFound
 from sandboxd.images.manager import ImageManager
 from sandboxd.images.settings import parse_images
 
+pytestmark = pytest.mark.root
+
 
 def run(state: Path, body: Callable[[ImageManager], Awaitable[Any]], **kw: Any) -> Any:
     settings = parse_images(kw)

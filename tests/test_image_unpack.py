@@ -21,6 +21,8 @@ import zstandard
 
 from sandboxd.images import unpack
 
+pytestmark = pytest.mark.root
+
 LIMITS = unpack.Limits(max_bytes=64 * 1024 * 1024, max_entries=10_000)
 
 

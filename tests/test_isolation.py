@@ -14,6 +14,8 @@ from conftest import PYTHON, ROOT, Client, Daemon
 from helpers import host_pids, probe_path, sh, status_field
 from test_seccomp import EPERM_PROBES
 
+pytestmark = pytest.mark.root
+
 #: every syscall the seccomp suite proves EPERM under the filter, now through the daemon
 MUST_DENY = EPERM_PROBES
 

@@ -31,6 +31,8 @@ from conftest import (
 )
 from helpers import wait_until
 
+pytestmark = pytest.mark.root
+
 KERNELSPEC_ARGV = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 V1 = "v1.kernel.websocket.jupyter.org"
 

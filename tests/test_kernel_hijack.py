@@ -24,6 +24,8 @@ from test_kernel_fixtures import (
     ws_connect,
 )
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture
 def hd() -> Iterator[Daemon]:

@@ -9,6 +9,8 @@ import pytest
 from conftest import Daemon
 from test_kernel_fixtures import execute, kernel_daemon_of, start_kernel, stdout_of, ws_connect
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture
 def kernel_daemon() -> Iterator[Daemon]:

@@ -25,6 +25,8 @@ from test_kernel_fixtures import (  # noqa: F401
     ws_connect,
 )
 
+pytestmark = pytest.mark.root
+
 UUID = r"^\w{8}-\w{4}-\w{4}-\w{4}-\w{12}$"
 
 

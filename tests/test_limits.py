@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from conftest import PYTHON, Client, Daemon
 from helpers import sh
+
+pytestmark = pytest.mark.root
 
 HOG = (
     "b = bytearray(512 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('survived')"

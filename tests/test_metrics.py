@@ -33,9 +33,13 @@ RULES = sorted(glob.glob(os.path.join(ROOT, "deploy", "prometheus", "*.rules.yml
 DASHBOARDS = sorted(glob.glob(os.path.join(ROOT, "deploy", "grafana", "*.json")))
 MiB = 1 << 20
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(PROMETHEUS), reason="Debian package prometheus not installed (make install)"
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        not os.path.exists(PROMETHEUS),
+        reason="Debian package prometheus not installed (make install)",
+    ),
+]
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:

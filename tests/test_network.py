@@ -38,6 +38,8 @@ from conftest import (
     stop_daemon,
 )
 
+pytestmark = pytest.mark.root
+
 INST = other_instance("n")
 H, U, L = f"{PREFIX}-nh", f"{PREFIX}-nu", f"{PREFIX}-nl"
 HOST_UP, UPSTREAM, LAN_HOST, LAN_CLIENT = "198.18.0.2", "198.18.0.1", "198.18.1.1", "198.18.1.2"

@@ -118,6 +118,7 @@ def test_empty_ruleset_has_no_bridge_rules() -> None:
     assert nft.count_rules(cmds) == 1  # forward: established
 
 
+@pytest.mark.root
 def test_the_kernel_accepts_the_ruleset() -> None:
     proc = subprocess.run(
         ["nft", "-c", "-j", "-f", "-"],

@@ -14,6 +14,7 @@ import os
 import re
 
 import nbformat
+import pytest
 import websocket
 from conftest import Client, Daemon
 from jupyter_core.utils import ensure_async, run_sync
@@ -22,6 +23,8 @@ from jupyter_server.gateway.managers import GatewayKernelClient, GatewayKernelMa
 from jupyter_server.utils import url_escape, url_path_join
 from nbclient import NotebookClient
 from test_kernel_fixtures import kd  # noqa: F401
+
+pytestmark = pytest.mark.root
 
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
 

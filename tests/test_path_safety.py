@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import pytest
 from conftest import PREFIX, VOLUME_ROOT, Client, Daemon
 
+pytestmark = pytest.mark.root
+
 DECOY_TEXT = "DECOY-ORIGINAL\n"
 
 

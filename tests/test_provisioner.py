@@ -15,6 +15,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from test_kernel_fixtures import kd  # noqa: F401
 
+pytestmark = pytest.mark.root
+
 
 def test_provisioner_runs_a_sandboxed_kernel(
     kd: Daemon,  # noqa: F811

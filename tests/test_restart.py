@@ -11,6 +11,8 @@ import pytest
 from conftest import Daemon, other_instance, running_daemon
 from helpers import wait_until
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture
 def restartable() -> Iterator[Daemon]:

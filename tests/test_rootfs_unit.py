@@ -11,6 +11,7 @@ from sandboxd.errors import Forbidden, InvalidRequest
 from sandboxd.runtime import rootfs
 
 
+@pytest.mark.root
 def test_skeleton_keeps_tmp_world_writable_when_an_env_lives_under_tmp(tmp_path) -> None:
     skeleton = str(tmp_path / "skel")
     os.makedirs(skeleton)

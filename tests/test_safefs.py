@@ -62,6 +62,7 @@ def test_replace_file_through_a_symlinked_directory_stays_inside(world) -> None:
     intact(decoy)
 
 
+@pytest.mark.root
 def test_make_dirs_in_root_resolves_links_inside_and_owns_what_it_made(world) -> None:
     root, decoy, fd = world
     os.symlink(str(decoy), root / "out")
@@ -79,6 +80,7 @@ def test_make_dirs_in_root_resolves_links_inside_and_owns_what_it_made(world) ->
     assert os.stat(root / "keep").st_uid == 0
 
 
+@pytest.mark.root
 def test_open_beneath_refuses_links_dotdot_and_reports_kinds(world) -> None:
     root, decoy, fd = world
     os.symlink(str(decoy), root / "l")

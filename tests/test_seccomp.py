@@ -13,7 +13,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -330,10 +329,6 @@ def test_seccomp_fd_rejects_non_bpf() -> None:
 
 # --------------------------------------------------------------------------- real kernel
 
-needs_root_bwrap = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("bwrap") is None, reason="needs root and bwrap"
-)
-
 
 def run_probe(bpf: bytes | None, names: list[str]) -> dict[str, int]:
     """Run the probe in a bwrap sandbox as uid 1000 in a new userns; ``bpf=None`` is the control.
@@ -373,31 +368,31 @@ def control() -> dict[str, int]:
     return run_probe(None, ALL_PROBES)
 
 
-@needs_root_bwrap
+@pytest.mark.root
 def test_filter_is_active_with_no_new_privs(filtered: dict[str, int]) -> None:
     assert filtered["Seccomp"] == 2
     assert filtered["NoNewPrivs"] == 1
 
 
-@needs_root_bwrap
+@pytest.mark.root
 @pytest.mark.parametrize("name", EPERM_PROBES)
 def test_denied_syscall_gives_eperm(filtered: dict[str, int], name: str) -> None:
     assert filtered[name] == errno.EPERM, errno.errorcode.get(filtered[name])
 
 
-@needs_root_bwrap
+@pytest.mark.root
 def test_clone3_gives_enosys(filtered: dict[str, int], control: dict[str, int]) -> None:
     assert filtered["clone3"] == errno.ENOSYS
     assert control["clone3"] == errno.EINVAL
 
 
-@needs_root_bwrap
+@pytest.mark.root
 @pytest.mark.parametrize("name", ALLOWED_PROBES)
 def test_allowed_syscall_works(filtered: dict[str, int], name: str) -> None:
     assert filtered[name] == 0, errno.errorcode.get(filtered[name])
 
 
-@needs_root_bwrap
+@pytest.mark.root
 def test_allowed_syscalls_reach_the_kernel(filtered: dict[str, int]) -> None:
     # Allowed calls with a NULL buffer fail in the kernel (EFAULT), not in the filter.
     assert filtered["uname"] == errno.EFAULT
@@ -405,7 +400,7 @@ def test_allowed_syscalls_reach_the_kernel(filtered: dict[str, int]) -> None:
     assert filtered["ptrace"] == errno.ESRCH
 
 
-@needs_root_bwrap
+@pytest.mark.root
 def test_control_shows_the_filter_is_what_denies(
     filtered: dict[str, int], control: dict[str, int]
 ) -> None:
@@ -438,7 +433,7 @@ def uname_denying_profile(tmp_path: Path) -> Iterator[str]:
     yield str(path)
 
 
-@needs_root_bwrap
+@pytest.mark.root
 def test_custom_profile_takes_effect(uname_denying_profile: str) -> None:
     result = run_probe(compiled(uname_denying_profile), ["uname", "getpid", "mount", "proc-status"])
     assert result == {

@@ -27,6 +27,8 @@ from helpers import wait_until
 from resilience import assert_consistent, rss_bytes
 from test_kernel_fixtures import execute, start_kernel, stdout_of, ws_connect
 
+pytestmark = pytest.mark.root
+
 INST = other_instance("t")
 STDIN_BUFFER = 131072
 LOG_MAX = 1048576
