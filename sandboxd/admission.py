@@ -47,6 +47,7 @@ KNOWN_FIELDS = {
     "labels",
     "kind",
     "image",
+    "entrypoint",
     "ports",
 }
 MAX_COMMAND_BYTES = 128 * 1024
@@ -100,9 +101,11 @@ def _number(body: dict[str, Any], key: str, default: float) -> float:
 
 
 def _command(body: dict[str, Any]) -> tuple[str, ...]:
-    cmd = body.get("command")
-    if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
-        raise InvalidRequest("command: expected a non-empty list of strings")
+    """The request's argv; empty (or absent) means the image's Cmd (``images/run.py`` refuses
+    an empty command where there is none)."""
+    cmd = body.get("command", [])
+    if not isinstance(cmd, list) or not all(isinstance(c, str) for c in cmd):
+        raise InvalidRequest("command: expected a list of strings")
     if any("\0" in c for c in cmd) or sum(len(c) for c in cmd) > MAX_COMMAND_BYTES:
         raise InvalidRequest("command: NUL bytes or too long")
     return tuple(cmd)

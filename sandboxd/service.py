@@ -20,8 +20,10 @@ from typing import Any
 from . import __version__, admission, blocking, faults, metrics, volumes
 from .config import Config, Quota, parse_quota
 from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Refused, SandboxdError
+from .images import run as image_run
+from .images.manager import ImageManager
 from .network.manager import Attached, NetworkManager
-from .runtime import output
+from .runtime import idmap, output
 from .runtime.plan import RunDir
 from .runtime.sandbox import Exit, LiveSandbox, Runtime
 from .spec import Limits, SandboxSpec
@@ -54,6 +56,7 @@ class Sandboxd:
             config.tenant_uid_count,
         )
         self.networks = NetworkManager(lambda: self.config, self.store.db, self.store.connect())
+        self.images = ImageManager(config.state_dir, lambda: self.config.images)
         self.runtime = Runtime(
             instance=config.instance,
             run_dir=config.run_dir,
@@ -62,6 +65,8 @@ class Sandboxd:
             open_volumes=lambda spec: volumes.open_mounts(self.config, spec),
             log_max_bytes=config.log_max_bytes,
             log_rate=config.log_rate_bytes,
+            images=self.images,
+            id_span=min(idmap.SPAN, config.tenant_uid_base),
         )
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -108,8 +113,13 @@ class Sandboxd:
             await blocking.run(self.runtime.remove_orphan, user, sid)
         running = {r.id for r in self.store.list_sandboxes(states=("running",))}
         await blocking.run_net(self.networks.restore, running)
+        for sid in self.images.store.holds():  # holds of sandboxes that ended while we were down
+            if sid not in self.runtime.live:
+                log.info("releasing the image hold of %s: the sandbox is gone", sid)
+                self.images.release(sid)
 
     def start_background(self) -> None:
+        self.runtime.idmap.start()  # probed once now, so the log says early if images can run
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._housekeeping()))
         self._tasks.append(loop.create_task(self._watch_loop()))
@@ -126,6 +136,7 @@ class Sandboxd:
         for task in self._tasks:
             task.cancel()
         self.runtime.launcher.close()  # it exits; the sandboxes it launched keep running
+        await self.images.close()
         self.store.close()
 
     async def _housekeeping(self) -> None:
@@ -285,11 +296,19 @@ class Sandboxd:
             )
             quota, _ = self.quota_for(owner.name)
             admission.check_quota(owner.name, quota, self.usage(owner.name), spec.limits, kind)
+            # the image: resolved, pulled on first use if allowed, its config applied
+            may_pull = actor.admin or self.config.profile(spec.profile).allow_pull
+            spec = await image_run.prepare(self.images, spec, body, may_pull=may_pull)
+            # again, after the awaits above: from here to the insert nothing awaits
+            quota, _ = self.quota_for(owner.name)
+            admission.check_quota(owner.name, quota, self.usage(owner.name), spec.limits, kind)
             if spec.network.startswith("container:"):
                 self._resolve_join(spec)
-        except Refused as exc:
-            metrics.admission_refused(owner.name, exc.reason)
-            metrics.observe_start(kind, "refused", time.monotonic() - began)
+        except SandboxdError as exc:
+            if isinstance(exc, Refused):
+                metrics.admission_refused(owner.name, exc.reason)
+            outcome = "refused" if isinstance(exc, Refused) else "failure"
+            metrics.observe_start(kind, outcome, time.monotonic() - began)
             raise
         # the "created" record counts in usage() from here on; admission and the insert run
         # with no await between them, so concurrent starts cannot overshoot a quota
@@ -543,6 +562,7 @@ class Sandboxd:
             "command": spec["command"],
             "profile": spec["profile"],
             "image": spec["image"],
+            "image_id": spec.get("image_id") or None,
             "limits": spec["limits"],
             "uid": spec["uid"],
             "pid": rec.pid if rec.state == "running" else None,

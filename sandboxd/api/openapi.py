@@ -65,11 +65,24 @@ SCHEMAS: dict[str, Any] = {
     },
     "SandboxCreate": {
         "type": "object",
-        "required": ["command"],
         "properties": {
-            "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "command": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "argv; replaces an OCI image's Cmd (required for the host image)",
+            },
             "name": {"type": "string"},
             "profile": {"type": "string"},
+            "image": {
+                "type": "string",
+                "description": "host (built-in) or NAME[:TAG], NAME@DIGEST, an id: default the "
+                "profile's; a missing image is pulled if the profile has allow_pull, else 404",
+            },
+            "entrypoint": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "replaces the image's Entrypoint and drops its Cmd ([] clears it)",
+            },
             "cpus": {"type": "number", "exclusiveMinimum": 0},
             "memory": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
             "swap": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
@@ -105,6 +118,7 @@ SCHEMAS: dict[str, Any] = {
             "command": {"type": "array", "items": {"type": "string"}},
             "profile": {"type": "string"},
             "image": {"type": "string"},
+            "image_id": {"type": "string", "nullable": True},
             "limits": {"type": "object"},
             "uid": {"type": "integer"},
             "pid": {"type": "integer", "nullable": True},
