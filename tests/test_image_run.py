@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -392,14 +393,22 @@ def test_the_image_users_files_are_the_tenants_and_the_shared_layer_is_untouched
 
 
 def _lower_mounts(sb: dict[str, Any], d: Daemon) -> dict[str, tuple[str, str]]:
-    """The sandbox's idmapped layer mounts: {mount point name: (device, root in its fs)}."""
+    """The sandbox's idmapped layer mounts: {mount point name: (device, root in its fs)}; each
+    is read-only, nosuid, nodev and idmapped, and the overlay over them nosuid, nodev."""
     prefix = os.path.join(d.run_dir, sb["id"], "rw", "lower") + "/"
-    out = {}
+    root = os.path.join(d.run_dir, sb["id"], "root")
+    out, overlay = {}, []
     with open(f"/proc/{sb['pid']}/mountinfo") as fh:
         for line in fh:
             fields = line.split()
+            options = set(fields[5].split(","))
             if fields[4].startswith(prefix):
                 out[fields[4][len(prefix) :]] = (fields[2], fields[3])
+                assert {"ro", "nosuid", "nodev", "idmapped"} <= options, line
+            elif fields[4] == root:
+                overlay.append(line)
+                assert {"nosuid", "nodev"} <= options, line
+    assert len(overlay) == 1, overlay
     return out
 
 
@@ -431,3 +440,218 @@ def test_two_sandboxes_share_one_copy_of_each_layer(daemon: Daemon, registry: Re
         alice.call("DELETE", f"/api/sandboxes/{one['id']}?force=1")
         bob.call("DELETE", f"/api/sandboxes/{two['id']}?force=1")
     assert holds(daemon, image) == 0
+
+
+# -- the hold on every way out --------------------------------------------------------------------
+
+
+def restart(d: Daemon, fault: str = "") -> None:
+    """SIGKILL the daemon (its sandboxes keep running) and start it again, maybe with a fault
+    point armed (``faults.py``: it then kills itself there)."""
+    if d.proc is not None and d.proc.poll() is None:
+        d.kill(signal.SIGKILL)
+    if fault:
+        os.environ["SANDBOXD_FAULT"] = fault
+    try:
+        d.start()
+    finally:
+        os.environ.pop("SANDBOXD_FAULT", None)
+
+
+def test_the_hold_goes_with_a_failed_start_an_exit_and_a_removal(
+    daemon: Daemon, registry: Registry
+) -> None:
+    alice = daemon.user("alice")
+    image = ref(registry, "busybox")
+    pull(daemon, image)
+    # a start that fails after the image step (bwrap cannot exec the command)
+    resp = alice.request("POST", "/api/sandboxes", json={"image": image, "command": ["/nope"]})
+    error(resp, 400, "bad-command")
+    assert holds(daemon, image) == 0
+    # an exit: the record stays, the hold does not
+    sb = run(alice, image, ["true"])
+    assert alice.wait(sb["id"])["exit_code"] == 0
+    wait_until(lambda: holds(daemon, image) == 0, timeout=30)
+    assert alice.call("GET", f"/api/sandboxes/{sb['id']}")["state"] == "exited"
+    alice.call("DELETE", f"/api/sandboxes/{sb['id']}")
+    # a removal of a running sandbox
+    sb = run(alice, image, ["sleep", "60"])
+    assert holds(daemon, image) == 1
+    alice.call("DELETE", f"/api/sandboxes/{sb['id']}?force=1")
+    assert holds(daemon, image) == 0
+
+
+def test_the_hold_after_a_daemon_crash(daemon: Daemon, registry: Registry) -> None:
+    image = ref(registry, "busybox")
+    pull(daemon, image)
+    alice = daemon.user("alice")
+    stays = run(alice, image, ["sleep", "120"])
+    ends = run(alice, image, ["sleep", "2"])
+    assert holds(daemon, image) == 2
+    # the daemon dies; one sandbox ends while it is down, the other keeps running
+    daemon.kill(signal.SIGKILL)
+    wait_until(lambda: not os.path.exists(f"/proc/{ends['pid']}"), timeout=30)
+    restart(daemon)
+    assert alice.call("GET", f"/api/sandboxes/{ends['id']}")["state"] == "exited"
+    wait_until(lambda: holds(daemon, image) == 1, timeout=30)  # re-adopted: still held
+    alice.call("DELETE", f"/api/sandboxes/{stays['id']}?force=1")
+    alice.call("DELETE", f"/api/sandboxes/{ends['id']}")
+    assert holds(daemon, image) == 0
+    # the daemon dies in the middle of a start, after the image step and after the launch
+    for point in ("create:image", "create:launch"):
+        restart(daemon, fault=point)
+        with pytest.raises(OSError):
+            alice.request(
+                "POST", "/api/sandboxes", json={"image": image, "command": ["sleep", "60"]}
+            )
+        daemon.proc.wait(timeout=30)  # type: ignore[union-attr]
+        restart(daemon)
+        assert holds(daemon, image) == 0, point
+        assert alice.call("GET", "/api/sandboxes?all=1") == [], point
+
+
+# -- hostile images ------------------------------------------------------------------------------
+
+
+def push_and_pull(
+    d: Daemon, registry: Registry, name: str, layers: list[bytes], **config: Any
+) -> str:
+    push_raw(registry.host, name, [layer(*busybox_members()), *layers], config=config)
+    image = ref(registry, name)
+    pull(d, image)
+    return image
+
+
+def test_the_image_user_is_looked_up_inside_the_image_never_on_the_host(
+    daemon: Daemon, registry: Registry, tmp_path: Any
+) -> None:
+    alice = daemon.user("alice")
+    decoy_dir = tmp_path / "decoy-etc"
+    decoy_dir.mkdir()
+    (decoy_dir / "passwd").write_text("evil:x:4242:4242:evil:/evil:/bin/sh\n")
+    decoy = decoy_dir / "passwd"
+    before = decoy.stat()
+    hostile = {
+        "abs": [
+            member("etc", tarfile.DIRTYPE),
+            member("etc/passwd", tarfile.SYMTYPE, linkname=str(decoy)),
+        ],
+        "rel": [
+            member("etc", tarfile.DIRTYPE),
+            member("etc/passwd", tarfile.SYMTYPE, linkname="../../../../../../.." + str(decoy)),
+        ],
+        "dir": [member("etc", tarfile.SYMTYPE, linkname=str(decoy_dir))],
+    }
+    for name, members in hostile.items():
+        image = push_and_pull(daemon, registry, f"evil-{name}", [layer(*members)], User="evil")
+        resp = alice.request("POST", "/api/sandboxes", json={"image": image, "command": ["true"]})
+        error(resp, 422, "bad-image-user")
+    # the control: the same user in the image's own passwd is found, and runs as its uid
+    image = push_and_pull(
+        daemon,
+        registry,
+        "evil-own",
+        [layer(member("etc", tarfile.DIRTYPE), member("etc/passwd", data=decoy.read_bytes()))],
+        User="evil",
+    )
+    _, result, out, _ = run_to_end(
+        alice, image, ["/bin/sh", "-c", 'echo "$(id -u):$(id -g) $HOME"']
+    )
+    assert (result["exit_code"], out) == (0, "4242:4242 /evil\n")
+    after = decoy.stat()
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+    assert sorted(os.listdir(decoy_dir)) == ["passwd"]
+
+
+def test_a_home_that_is_a_symlink_to_the_host_stays_inside(
+    daemon: Daemon, registry: Registry, tmp_path: Any
+) -> None:
+    alice = daemon.user("alice")
+    decoy = tmp_path / "decoy-home"
+    decoy.mkdir(mode=0o755)
+    (decoy / "kept").write_text("kept\n")
+    before = sorted(os.listdir(decoy)), decoy.stat()
+    passwd = b"root:x:0:0:root:/root:/bin/sh\njov:x:1000:1000::/home/jov:/bin/sh\n"
+    members = [
+        member("etc", tarfile.DIRTYPE),
+        member("etc/passwd", data=passwd),
+        member("home", tarfile.DIRTYPE),
+        member("home/jov", tarfile.SYMTYPE, linkname=str(decoy)),
+    ]
+    image = push_and_pull(daemon, registry, "evil-home", [layer(*members)], User="jov")
+    resp = alice.request(
+        "POST",
+        "/api/sandboxes",
+        json={"image": image, "command": ["/bin/sh", "-c", "echo x > $HOME/planted; ls $HOME"]},
+    )
+    if resp.status_code == 201:  # it ran: whatever it wrote is in its own root
+        sid = resp.json()["id"]
+        alice.wait(sid)
+        alice.call("DELETE", f"/api/sandboxes/{sid}?force=1")
+    else:  # or the start was refused: the home could not be made inside the root
+        error(resp, 400, "bad-workdir")
+    after = sorted(os.listdir(decoy)), decoy.stat()
+    assert after[0] == before[0] == ["kept"]
+    assert (after[1].st_uid, after[1].st_mode, after[1].st_mtime_ns) == (
+        before[1].st_uid,
+        before[1].st_mode,
+        before[1].st_mtime_ns,
+    )
+
+
+def test_setuid_bits_and_other_tenants_files_give_nothing(
+    daemon: Daemon, registry: Registry
+) -> None:
+    alice, bob = daemon.user("alice"), daemon.user("bob")
+    bob_uid = daemon.admin.call("GET", "/api/users/bob")["uid"]
+    with open("/bin/busybox", "rb") as fh:
+        busybox = fh.read()
+    members = [
+        member("bin", tarfile.DIRTYPE),
+        member("bin/busybox.suid", data=busybox, mode=0o4755, uid=0, gid=0),
+        member("bobs", data=b"bob's secret\n", mode=0o600, uid=bob_uid, gid=bob_uid),
+        member("mine", data=b"the image user's\n", mode=0o600, uid=1000, gid=1000),
+    ]
+    image = push_and_pull(daemon, registry, "evil-ids", [layer(*members)], User="1000")
+    script = (
+        "echo suid $(stat -c %a /bin/busybox.suid) $(/bin/busybox.suid id -u)\n"
+        "echo bobs $(stat -c %u /bobs) $(cat /bobs 2>/dev/null || echo denied)\n"
+        "echo mine $(stat -c %u /mine) $(cat /mine)\n"
+    )
+    _, result, out, _ = run_to_end(alice, image, ["/bin/sh", "-c", script])
+    assert out.splitlines() == [
+        "suid 4755 1000",  # the bit is on disk, the mount is nosuid: still the tenant
+        "bobs 65534 denied",  # another tenant's uid on disk is nobody's here, never bob's
+        "mine 1000 the image user's",
+    ], out
+    del bob
+
+
+def test_sandboxctl_run_image(daemon: Daemon, registry: Registry) -> None:
+    alice = daemon.user("alice")
+    image = ref(registry, "semantics")
+    pull(daemon, image)
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [SANDBOXCTL, "run", "--rm", "--image", image, *args],
+            env=daemon.env(alice.token),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = ctl()  # no command: the image's Entrypoint and Cmd
+    assert (done.returncode, done.stdout) == (0, "entry default-cmd\n"), done.stderr
+    done = ctl("--entrypoint", "/bin/sh", "--", "-c", "id -u; exit 3")
+    assert (done.returncode, done.stdout) == (3, "1000\n"), done.stderr
+    done = ctl("--entrypoint", "", "--", "/bin/echo", "plain")
+    assert (done.returncode, done.stdout) == (0, "plain\n"), done.stderr
+    done = subprocess.run(
+        [SANDBOXCTL, "run", "--rm", "--image", ref(registry, "absent"), "--", "true"],
+        env=daemon.env(alice.token),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 125 and "image-not-found" in done.stderr, done.stderr

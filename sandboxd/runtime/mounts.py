@@ -86,11 +86,17 @@ def _own_dir(rootfd: int, path: str, uid: int) -> None:
 def _image_dirs(rootfd: int, p: RootPlan, uid: int) -> None:
     """An OCI image keeps the owners it gives ``/`` and the home; what is missing is made:
     the home (the tenant's) and the mount points bwrap needs (root's)."""
-    for path, owner in ((p.home, uid), ("/proc", None), ("/dev", None)):
+    for path, owner in (("/proc", None), ("/dev", None), (p.home, uid)):
         try:
             os.close(safefs.open_in_root(rootfd, path, safefs.O_PATH_DIR))
         except FileNotFoundError:
-            os.close(safefs.make_dirs_in_root(rootfd, path, 0o755, owner))
+            try:
+                os.close(safefs.make_dirs_in_root(rootfd, path, 0o755, owner))
+            except OSError:
+                if path != p.home:
+                    raise
+                # a home the image made unmakeable (a dangling link): left as it is, as
+                # docker does; a chdir there is then refused with 400 bad-workdir
 
 
 def _host_binds(p: RootPlan, rootfd: int, uid: int) -> None:
