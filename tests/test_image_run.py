@@ -13,6 +13,7 @@ owns.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -655,3 +656,43 @@ def test_sandboxctl_run_image(daemon: Daemon, registry: Registry) -> None:
         timeout=60,
     )
     assert done.returncode == 125 and "image-not-found" in done.stderr, done.stderr
+
+
+def test_without_idmapped_mounts_images_are_refused_and_host_still_runs(
+    registry: Registry, ksdir: str
+) -> None:
+    """A store on a filesystem without idmapped mounts (ramfs): the start-up probe finds out,
+    OCI images are refused with the reason (and the minimum kernel), the host image runs."""
+    from sandboxd.runtime import syscalls
+
+    state = tempfile.mkdtemp(prefix=f"{PREFIX}-ramfs-")
+    syscalls.mount("sbxtest", state, "ramfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0700")
+    d = make_daemon(other_instance("r"), image_config(registry, ksdir), state_dir=state)
+    try:
+        d.start()
+        pull(d, ref(registry, "busybox"))
+        alice = d.user("alice")
+        resp = alice.request(
+            "POST",
+            "/api/sandboxes",
+            json={"image": ref(registry, "busybox"), "command": ["true"]},
+        )
+        body = error(resp, 500, "idmap-unsupported")
+        assert "5.19" in body["message"] and "idmapped" in body["message"]
+        assert holds(d, ref(registry, "busybox")) == 0
+        result, out, _ = alice.run_to_end(["/bin/sh", "-c", "echo host"])
+        assert (result["exit_code"], out) == (0, "host\n")
+        with open(d.log_path) as fh:
+            assert "OCI images cannot run on this host" in fh.read()
+    finally:
+        stop_daemon(d)
+        subprocess.run(
+            [os.path.join(os.path.dirname(SANDBOXCTL), "sandboxd"), "cleanup", "--purge"]
+            + ["--instance", d.instance, "--state-dir", d.state_dir],
+            capture_output=True,
+        )
+        syscalls.umount(state)
+        shutil.rmtree(state, ignore_errors=True)
+        for extra in (f"{state}.toml", f"{state}.log"):
+            with contextlib.suppress(OSError):
+                os.remove(extra)
