@@ -125,6 +125,12 @@ memory = "512m"
 disk = "256m"
 allow_pull = true
 
+[profiles.bb]                   # a profile whose default image is an OCI image
+network = "none"
+memory = "256m"
+disk = "4m"
+image = "{registry.host}/busybox:latest"
+
 [quotas.default]
 max_sandboxes = 12
 memory = "8g"
@@ -172,7 +178,7 @@ def pull(d: Daemon, reference: str) -> dict[str, Any]:
 
 
 def run(client: Client, image: str, command: list[str] | None = None, **fields: Any) -> Any:
-    body: dict[str, Any] = {"image": image, **fields}
+    body: dict[str, Any] = {**({"image": image} if image else {}), **fields}
     if command is not None:
         body["command"] = command
     return client.call("POST", "/api/sandboxes", json=body)
@@ -269,6 +275,24 @@ def test_image_cmd_env_and_workdir_apply_and_the_request_overrides_them(
     # a working directory in the request wins; [] clears the entrypoint
     _, _, out, _ = run_to_end(alice, image, ["/bin/sh", "-c", "pwd"], entrypoint=[], workdir="/tmp")
     assert out == "/tmp\n"
+
+
+def test_a_profiles_image_the_disk_cap_and_the_etc_files(
+    daemon: Daemon, registry: Registry
+) -> None:
+    """A profile may name an OCI image as its default; the writable layer stays capped by
+    --disk (4m here); /etc/hostname and /etc/hosts are the daemon's, as with the host image."""
+    alice = daemon.user("alice")
+    pull(daemon, ref(registry, "busybox"))
+    script = (
+        "cat /etc/hostname; grep -c imgbox /etc/hosts; "
+        "head -c 8000000 /dev/zero > /tmp/big 2>/dev/null && echo FILLED || echo full"
+    )
+    sb, result, out, _ = run_to_end(
+        alice, "", ["/bin/sh", "-c", script], profile="bb", name="imgbox"
+    )
+    assert sb["image"] == ref(registry, "busybox") and sb["image_id"]
+    assert out.splitlines() == ["imgbox", "1", "full"], out
 
 
 def test_refused_image_configs(daemon: Daemon, registry: Registry) -> None:
