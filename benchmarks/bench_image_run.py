@@ -8,6 +8,8 @@
 2. The runtime's share of that: ``POST /api/sandboxes`` of ``/bin/true`` until it runs, for
    the image and for ``host``, alternating (the rest of a kernel's start is its Python: the
    image has Debian's 3.11 with ipykernel 6.17, ``host`` the project's venv).
+   And the other share: the time to ``import ipykernel.kernelapp`` measured inside a sandbox of
+   each (the interpreters differ, not the runtime).
 3. Disk used by N (20) sandboxes of the image, each having written a small file: the store's
    layer directories (one copy, whatever N) plus each sandbox's upper layer (a tmpfs of its
    own), against what N unpacked copies would take.
@@ -187,6 +189,36 @@ cpus = 64.0
                 f"sandbox create+start of /bin/true, median of {args.runs * 3}: host "
                 f"{mh * 1000:.1f} ms, image {mi * 1000:.1f} ms, "
                 f"image adds {(mi - mh) * 1000:.1f} ms",
+                flush=True,
+            )
+
+            code = (
+                "import time; t0 = time.perf_counter(); import ipykernel.kernelapp; "
+                "print(time.perf_counter() - t0)"
+            )
+
+            def imports(image: str) -> float:
+                resp = http.post(
+                    d.url + "/api/sandboxes",
+                    json={"image": image, "command": ["python3", "-c", code]},
+                    timeout=120,
+                )
+                resp.raise_for_status()
+                sid = resp.json()["id"]
+                http.post(d.url + f"/api/sandboxes/{sid}/wait", timeout=120)
+                out = http.get(d.url + f"/api/sandboxes/{sid}/logs", timeout=30).json()
+                http.delete(d.url + f"/api/sandboxes/{sid}?force=1", timeout=60)
+                return float(out["stdout"].split()[-1])
+
+            imports("host"), imports(IMAGE)
+            host, img = [], []
+            for _ in range(args.runs):
+                host.append(imports("host"))
+                img.append(imports(IMAGE))
+            mh, mi = statistics.median(host), statistics.median(img)
+            print(
+                f"import ipykernel.kernelapp inside the sandbox, median of {args.runs}: host "
+                f"{mh * 1000:.0f} ms, image {mi * 1000:.0f} ms (the image's Python and ipykernel)",
                 flush=True,
             )
 
