@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -513,9 +514,16 @@ def test_the_hold_after_a_daemon_crash(daemon: Daemon, registry: Registry) -> No
     stays = run(alice, image, ["sleep", "120"])
     ends = run(alice, image, ["sleep", "2"])
     assert holds(daemon, image) == 2
-    # the daemon dies; one sandbox ends while it is down, the other keeps running
+    # the daemon dies; one sandbox ends while it is down, the other keeps running; and a hold
+    # whose sandbox has no record at all (a release interrupted after the record went)
     daemon.kill(signal.SIGKILL)
     wait_until(lambda: not os.path.exists(f"/proc/{ends['pid']}"), timeout=30)
+    index = sqlite3.connect(os.path.join(daemon.state_dir, "images", "index.db"))
+    with index:
+        index.execute(
+            "INSERT INTO holds VALUES (?, ?, ?)", ("0123456789abcdef", stays["image_id"], 0.0)
+        )
+    index.close()
     restart(daemon)
     assert alice.call("GET", f"/api/sandboxes/{ends['id']}")["state"] == "exited"
     wait_until(lambda: holds(daemon, image) == 1, timeout=30)  # re-adopted: still held
