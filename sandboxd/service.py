@@ -113,6 +113,7 @@ class Sandboxd:
             await blocking.run(self.runtime.remove_orphan, user, sid)
         running = {r.id for r in self.store.list_sandboxes(states=("running",))}
         await blocking.run_net(self.networks.restore, running)
+        await self.images.store.empty_trash()  # what the store's repair set aside at start
         for sid in self.images.store.holds():  # holds of sandboxes that ended while we were down
             if sid not in self.runtime.live:
                 log.info("releasing the image hold of %s: the sandbox is gone", sid)

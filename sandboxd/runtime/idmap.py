@@ -164,6 +164,7 @@ def _probe_in(work: str) -> None:
 def probe_main(directory: str) -> int:
     """In a throwaway process: exit 0 if idmapped layers under overlayfs work in ``directory``
     (the store's filesystem), else print why and exit 1."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     work = tempfile.mkdtemp(prefix="idmap-probe-", dir=directory)
     try:
         pid = os.fork()

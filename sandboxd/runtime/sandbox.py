@@ -154,7 +154,8 @@ class Runtime:
         self.builtin = {"host": rootfs.host_image(os.path.join(state_dir, "images"))}
         self.images = images  # the OCI image store (None: only the built-in image)
         self.id_span = id_span  # on-disk ids below it map to themselves in image layers
-        self.idmap = IdmapSupport(os.path.join(state_dir, "images"))
+        # probed in the store's tmp/ (its filesystem; leftovers of a crash go at the next start)
+        self.idmap = IdmapSupport(os.path.join(state_dir, "images", "tmp"))
         self.host_proc = tuple(
             p
             for p in (*bwrap.MASKED_FILES, *bwrap.MASKED_DIRS, *bwrap.READONLY_PATHS)
