@@ -130,6 +130,10 @@ class ImageStore:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.execute("PRAGMA journal_mode = WAL")
+        # no fsync per commit (holds are written on the loop at every start and release); a
+        # crash of the process loses nothing, a power cut at most the last holds (no sandbox
+        # survives one anyway), as the state database does
+        self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.executescript(SCHEMA)
         self._trash: list[str] = []
         self._pins: dict[str, int] = {}  # layers and blobs a pull in progress will need
