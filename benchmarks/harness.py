@@ -42,6 +42,15 @@ class BenchDaemon:
     token: str
     instance: str
     state: str
+    pid: int = 0  # the daemon process (fd counts, RSS, py-spy)
+
+    @property
+    def state_dir(self) -> str:
+        return self.state + "/s"
+
+    @property
+    def run_dir(self) -> str:
+        return f"/run/sandboxd/{self.instance}"
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "SANDBOXD_URL": self.url, "SANDBOXD_TOKEN": self.token}
@@ -98,7 +107,7 @@ def daemon(config: str = "") -> Iterator[BenchDaemon]:
                 time.sleep(0.05)
         else:
             raise RuntimeError("daemon did not start")
-        yield BenchDaemon(url, token, instance, state)
+        yield BenchDaemon(url, token, instance, state, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -48,6 +48,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__
+from .errors import ADMISSION_REFUSALS, Reason
 
 if TYPE_CHECKING:
     from .runtime.sandbox import Exit
@@ -63,17 +64,14 @@ START_OUTCOMES = ("success", "failure", "refused")
 EXIT_OUTCOMES = ("success", "error", "oom_killed")
 KERNEL_EVENTS = ("started", "stopped", "culled", "failed", "restarted", "died", "oom_killed")
 DROP_REASONS = ("bad-signature", "malformed")
-RESOURCE_REASONS = ("zmq-sockets", "max-websockets", "body-too-large", "stdin-full")
-#: Refusal reasons raised by admission (``QuotaExceeded``/``Forbidden``), pre-created per user.
-REFUSAL_REASONS = (
-    "max-sandboxes",
-    "max-kernels",
-    "memory-quota",
-    "cpu-quota",
-    "profile-limit",
-    "profile-denied",
-    "host-network",
+RESOURCE_REASONS = (
+    Reason.ZMQ_SOCKETS,
+    Reason.MAX_WEBSOCKETS,
+    Reason.BODY_TOO_LARGE,
+    Reason.STDIN_FULL,
 )
+#: Refusal reasons raised by admission (``QuotaExceeded``/``Forbidden``), pre-created per user.
+REFUSAL_REASONS = ADMISSION_REFUSALS
 #: 10 ms .. 60 s: a cold bwrap start is ~20 ms, a kernel with imports a few seconds.
 START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 #: 100 ms .. 30 min: a cached small image resolves in well under a second, a big one takes minutes.

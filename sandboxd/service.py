@@ -19,15 +19,17 @@ from typing import Any
 
 from . import __version__, admission, blocking, faults, metrics, volumes
 from .config import Config, Quota, parse_quota
-from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Refused, SandboxdError
+from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Reason, Refused, SandboxdError
 from .images import run as image_run
 from .images.manager import ImageManager
+from .models.requests import LimitsUpdate, UserCreate
+from .models.types import validate
 from .network.manager import Attached, NetworkManager
 from .runtime import idmap, output
 from .runtime.plan import RunDir
 from .runtime.sandbox import Exit, LiveSandbox, Runtime
 from .spec import Limits, SandboxSpec
-from .state import SandboxRecord, Store, User
+from .state import SandboxRecord, Store, User, acts_for
 
 log = logging.getLogger("sandboxd")
 
@@ -90,11 +92,11 @@ class Sandboxd:
 
     async def recover(self) -> None:
         """Re-adopt sandboxes still running; finish those that ended; remove half-made ones."""
-        known: set[str] = set()
+        known: set[str] = set()  # active records: their host objects stay
         for rec in self.store.list_sandboxes():
-            known.add(rec.id)
             if rec.state not in ACTIVE:
-                continue
+                continue  # an exit the daemon died releasing: its leftovers are orphans below
+            known.add(rec.id)
             spec = SandboxSpec.from_json(rec.spec)
             if rec.state == "created":
                 log.warning("removing %s: half-made when the daemon stopped", rec.id)
@@ -166,19 +168,12 @@ class Sandboxd:
     def add_user(self, actor: User, body: Any) -> dict[str, Any]:
         if not actor.service:
             _require_admin(actor)
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            raise InvalidRequest('expected {"name": ...}')
-        name = body["name"]
-        if not admission.USER_NAME.fullmatch(name):
-            raise InvalidRequest(f"name: {name!r} must match {admission.USER_NAME.pattern}")
+        req = validate(UserCreate, body)
         for key in ("admin", "service"):
-            if not isinstance(body.get(key, False), bool):
-                raise InvalidRequest(f"{key}: expected true or false")
-            if body.get(key) and not actor.admin:
+            if getattr(req, key) and not actor.admin:
                 raise Forbidden(f"only an admin may create {key} users", reason="not-admin")
-        user = self.store.add_user(
-            name, admin=body.get("admin", False), service=body.get("service", False)
-        )
+        user = self.store.add_user(req.name, admin=req.admin, service=req.service)
+        name = req.name
         token = self.store.new_token(name)
         self.store.audit(actor.name, "user-add", name)
         return {**user.to_json(), "token": token}
@@ -242,7 +237,7 @@ class Sandboxd:
         _require_admin(actor)
         self.store.get_user(name)
         current, _ = self.quota_for(name)
-        quota = parse_quota(body, "quota", current)
+        quota = parse_quota(body, "quota", current, reason=Reason.INVALID)
         self.store.set_quota(name, quota.to_json())
         await self._apply_user_limits(name, quota)
         self.store.audit(actor.name, "quota-set", name, str(quota.to_json()))
@@ -452,20 +447,10 @@ class Sandboxd:
         rec = self.lookup(actor, ref)
         if rec.id not in self.runtime.live:
             raise Conflict(f"sandbox {rec.id} is not running", reason="not-running")
-        if not isinstance(body, dict) or not body or set(body) - {"cpus", "memory", "pids"}:
-            raise InvalidRequest("expected an object with cpus, memory and/or pids")
+        req = validate(LimitsUpdate, body)
         spec = SandboxSpec.from_json(rec.spec)
         old = spec.limits
-        merged = {
-            "cpus": old.cpus,
-            "memory": old.memory,
-            "pids": old.pids,
-            "swap": old.swap,
-            "disk": old.disk,
-            **body,
-        }
-        new = admission.limits_for(merged, self.config.profile(spec.profile))
-        new = dataclasses.replace(old, cpus=new.cpus, memory=new.memory, pids=new.pids)
+        new = admission.updated_limits(old, req, self.config.profile(spec.profile))
         usage = self.usage(rec.user)
         usage.sandboxes -= 1
         usage.memory -= old.memory or 0
@@ -628,12 +613,6 @@ class Sandboxd:
             "users": self.store.count("users"),
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
-
-
-def acts_for(actor: User, target: User) -> bool:
-    """May ``actor`` manage ``target``'s users, tokens, volumes and sandboxes? Admins manage
-    everyone; a service token (a JupyterHub) manages plain users, never admins or services."""
-    return actor.admin or (actor.service and not target.admin and not target.service)
 
 
 def _require_admin(actor: User) -> None:

@@ -96,6 +96,12 @@ class User:
         }
 
 
+def acts_for(actor: User, target: User) -> bool:
+    """May ``actor`` manage ``target``'s users, tokens, volumes and sandboxes? Admins manage
+    everyone; a service token (a JupyterHub) manages plain users, never admins or services."""
+    return actor.admin or (actor.service and not target.admin and not target.service)
+
+
 @dataclass
 class SandboxRecord:
     id: str

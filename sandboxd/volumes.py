@@ -26,7 +26,7 @@ from .errors import Conflict, Forbidden, InvalidRequest, NotFound
 from .runtime import safefs, syscalls
 from .runtime.rootfs import VOLUME_NAME
 from .spec import SandboxSpec, Volume
-from .state import Store, User
+from .state import Store, User, acts_for
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 AT_FDCWD = -100
@@ -56,8 +56,6 @@ def check_name(name: str) -> None:
 
 
 def check_actor(actor: User, target: User) -> None:
-    from .service import acts_for
-
     if actor.name != target.name and not acts_for(actor, target):
         raise Forbidden(
             "only the user, an admin or a service may manage these volumes", reason="not-admin"

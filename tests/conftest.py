@@ -245,9 +245,15 @@ class Daemon:
     log_path: str = ""
     users: dict[str, Client] = field(default_factory=dict)
 
-    def start(self, listen_host: str = "127.0.0.1", netns: str | None = None) -> None:
+    def start(
+        self,
+        listen_host: str = "127.0.0.1",
+        netns: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         """Start (or restart) the daemon; ``netns``: run it in that named network namespace
-        (with nsenter, not ``ip netns exec``, which remounts /sys and hides the cgroups)."""
+        (with nsenter, not ``ip netns exec``, which remounts /sys and hides the cgroups);
+        ``env``: extra environment (the crash tests' ``SANDBOXD_FAULT``)."""
         log = open(self.log_path, "ab")
         enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         self.proc = subprocess.Popen(
@@ -268,7 +274,9 @@ class Daemon:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **env} if env else None,
         )
+        log.close()
         deadline = time.monotonic() + 30
         token_file = os.path.join(self.state_dir, "admin-token")
         while time.monotonic() < deadline:

@@ -9,12 +9,15 @@ import pytest
 import requests
 from conftest import VOLUME_ROOT, Client, Daemon
 
+from sandboxd.errors import Reason
+
 
 def error(resp: requests.Response, status: int, reason: str | None = None) -> dict:
     assert resp.status_code == status, (resp.status_code, resp.text)
     body = resp.json()
     assert set(body) == {"reason", "message"} and body["message"], body
     assert "Traceback" not in resp.text
+    assert body["reason"] in set(Reason), body  # every reason is one the document lists
     if reason:
         assert body["reason"] == reason, body
     return body

@@ -9,20 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from sandboxd.cli.attach import exit_code_of
 from sandboxd.cli.client import ApiError, Client, error_from_response
-from sandboxd.cli.sandboxctl import (
-    EXIT_DAEMON,
-    UsageError,
-    build_parser,
-    exit_code_of,
+from sandboxd.cli.commands import quota_request, run_request
+from sandboxd.cli.common import EXIT_DAEMON, UsageError, resolve_token, resolve_url
+from sandboxd.cli.parser import build_parser
+from sandboxd.cli.sandboxctl import main
+from sandboxd.cli.tables import (
     format_table,
     human_duration,
-    main,
     ps_row,
-    quota_request,
-    resolve_token,
-    resolve_url,
-    run_request,
     stats_row,
     stats_table,
     status_string,

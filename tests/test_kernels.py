@@ -282,8 +282,13 @@ def test_culling(kd: Daemon) -> None:  # noqa: F811
         assert ids == [busy_kept["id"]]
         model = frank.call("GET", f"/api/kernels/{busy_kept['id']}")
         assert model["execution_state"] == "busy"
-        sandboxes = frank.call("GET", "/api/sandboxes")
-        assert [s["labels"]["kernel_id"] for s in sandboxes] == [busy_kept["id"]]
+        # a culled kernel answers 404 at once; its sandbox is removed right after
+        wait_for(
+            lambda: (
+                [s["labels"]["kernel_id"] for s in frank.call("GET", "/api/sandboxes")]
+                == [busy_kept["id"]]
+            )
+        )
     finally:
         for ws in sockets:
             ws.close()

@@ -8,47 +8,24 @@ from tornado import web
 
 from .. import metrics
 from ..service import Sandboxd
-from . import images, kernels, networks, openapi, sandboxes, users, volumes
+from . import contract, kernels, openapi
 from .base import NotFoundHandler
-from .metrics import MetricsHandler, log_request
+from .metrics import log_request
 
-REF = r"([A-Za-z0-9_.-]+)"
 WEBSOCKET_MAX_MESSAGE = 16 << 20  # one frame from a client (a Jupyter message with buffers)
-USER = r"([a-z0-9][a-z0-9_.-]*)"
 
 
 def routes() -> list[tuple[str, Any]]:
-    return [
-        (r"/api/sandboxes", sandboxes.SandboxesHandler),
-        (rf"/api/sandboxes/{REF}", sandboxes.SandboxHandler),
-        (rf"/api/sandboxes/{REF}/stop", sandboxes.StopHandler),
-        (rf"/api/sandboxes/{REF}/wait", sandboxes.WaitHandler),
-        (rf"/api/sandboxes/{REF}/logs", sandboxes.LogsHandler),
-        (rf"/api/sandboxes/{REF}/stats", sandboxes.StatsHandler),
-        (rf"/api/sandboxes/{REF}/attach", sandboxes.AttachHandler),
-        (r"/api/stats", sandboxes.AllStatsHandler),
-        (r"/api/users", users.UsersHandler),
-        (rf"/api/users/{USER}", users.UserHandler),
-        (rf"/api/users/{USER}/tokens", users.TokensHandler),
-        (rf"/api/users/{USER}/quota", users.QuotaHandler),
-        (r"/api/whoami", users.WhoamiHandler),
-        (r"/api/status", users.StatusHandler),
-        (r"/api/openapi.json", openapi.OpenApiHandler),
-        *kernels.routes(),
-        *networks.routes(),
-        *volumes.routes(),
-        *images.routes(),
-        (r"/metrics", MetricsHandler),
-    ]
+    """Tornado's route table, made from the contract (the same list the OpenAPI document shows)."""
+    return [(route.regex(), route.handler) for route in contract.ROUTES]
 
 
-async def make_app(
-    sbx: Sandboxd, extra_routes: list[tuple[str, Any]] | None = None
-) -> web.Application:
+async def make_app(sbx: Sandboxd) -> web.Application:
     return web.Application(
-        metrics.instrument_routes((extra_routes or []) + routes()),
+        metrics.instrument_routes(routes()),
         sandboxd=sbx,
         kernels=await kernels.setup(sbx),
+        openapi=openapi.rendered(contract.ROUTES),
         log_function=log_request,
         default_handler_class=NotFoundHandler,
         websocket_ping_interval=30,

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from tornado import web
 
 from .. import metrics
-from ..errors import InvalidRequest, PayloadTooLarge, SandboxdError, Unauthorized
+from ..errors import InvalidRequest, PayloadTooLarge, Reason, SandboxdError, Unauthorized
+from ..models.types import M, validate
 from ..service import Sandboxd
 from ..state import User
 
@@ -33,10 +35,18 @@ def token_from(request: Any) -> str | None:
     return token[0].decode() if token else None
 
 
+def redacted_uri(uri: str) -> str:
+    """The request URI with every ``token`` query value replaced: tokens never reach a log."""
+    path, sep, query = uri.partition("?")
+    if not sep:
+        return uri
+    pairs = parse_qsl(query, keep_blank_values=True)
+    clean = [(k, "REDACTED" if k.lower() == "token" else v) for k, v in pairs]
+    return path + "?" + urlencode(clean)
+
+
 def summary(request: Any) -> str:
     """Tornado's request summary, with tokens redacted (it goes into warnings and errors)."""
-    from .metrics import redacted_uri
-
     return f"{request.method} {redacted_uri(request.uri or '')} ({request.remote_ip})"
 
 
@@ -108,6 +118,11 @@ class BaseHandler(web.RequestHandler):
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidRequest(f"malformed JSON body: {exc}", reason="malformed-json") from None
 
+    def query(self, model: type[M]) -> M:
+        """The query string as ``model`` (the last value of each argument); 400 if malformed."""
+        args = {k: v[-1].decode(errors="replace") for k, v in self.request.query_arguments.items()}
+        return validate(model, args)
+
     def send(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data))
@@ -118,7 +133,7 @@ class BaseHandler(web.RequestHandler):
             payload = exc.to_json()
         elif isinstance(exc, web.HTTPError):
             payload = {
-                "reason": exc.reason or "http-error",
+                "reason": Reason.METHOD_NOT_ALLOWED if status_code == 405 else Reason.HTTP_ERROR,
                 "message": exc.log_message or self._reason,
             }
         else:
@@ -141,12 +156,20 @@ class BaseHandler(web.RequestHandler):
         super().log_exception(typ, value, tb)
 
 
+def expect_upgrade(request: Any) -> None:
+    """A WebSocket route asked without an upgrade: a JSON 400 (tornado's own is plain text)."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise InvalidRequest(
+            "this endpoint is a WebSocket: send Upgrade: websocket", reason=Reason.NOT_WEBSOCKET
+        )
+
+
 class NotFoundHandler(BaseHandler):
     public = True
 
     def _no_endpoint(self, *args: Any, **kwargs: Any) -> None:
         from ..errors import NotFound
 
-        raise NotFound(f"no such endpoint: {self.request.path}", reason="no-endpoint")
+        raise NotFound(f"no such endpoint: {self.request.path}", reason=Reason.NO_ENDPOINT)
 
     get = post = put = patch = delete = head = options = _no_endpoint

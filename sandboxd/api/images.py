@@ -26,6 +26,8 @@ from tornado.iostream import StreamClosedError
 from .. import blocking
 from ..errors import Forbidden, InvalidRequest, SandboxdError, TooLarge
 from ..images.manager import ImageManager, for_daemon
+from ..models.requests import ForceQuery, ImageLoadQuery, ImagePull, flag
+from ..models.types import validate
 from ..state import User
 from .base import BaseHandler
 
@@ -79,7 +81,7 @@ class ImageHandler(_ImageHandler):
     async def delete(self, ref: str) -> None:
         actor = self.current()
         _require_admin(actor, "removing images")
-        force = self.get_query_argument("force", "") in ("1", "true", "yes")
+        force = flag(self.query(ForceQuery).force)
         out = await self.images.remove(ref, force=force)
         self.sbx.store.audit(actor.name, "image-rm", ref, json.dumps(out["deleted"]))
         self.send(out)
@@ -99,20 +101,15 @@ class PullHandler(_ImageHandler):
 
     async def post(self) -> None:
         actor = self.current()
-        body = self.body()
-        if not isinstance(body, dict) or not isinstance(body.get("ref"), str):
-            raise InvalidRequest('expected {"ref": "name[:tag][@digest]"}')
-        unknown = set(body) - {"ref", "profile", "stream"}
-        if unknown:
-            raise InvalidRequest(f"unknown field {sorted(unknown)[0]!r}")
-        check_pull_allowed(self, actor, body.get("profile"))
-        self.images.check_registry(body["ref"])
-        if not body.get("stream"):
-            model = await self.images.pull(body["ref"])
-            self.sbx.store.audit(actor.name, "image-pull", body["ref"], model["id"])
+        req = validate(ImagePull, self.body())
+        check_pull_allowed(self, actor, req.profile)
+        self.images.check_registry(req.ref)
+        if not req.stream:
+            model = await self.images.pull(req.ref)
+            self.sbx.store.audit(actor.name, "image-pull", req.ref, model["id"])
             self.send(model, 201)
             return
-        await self._stream(actor, body["ref"])
+        await self._stream(actor, req.ref)
 
     async def _stream(self, actor: User, ref: str) -> None:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -201,7 +198,7 @@ class LoadHandler(_ImageHandler):
         assert self._fh is not None and self._work is not None
         await blocking.run(self._fh.close)
         actor = self.current()
-        tag = self.get_query_argument("tag", None)
+        tag = self.query(ImageLoadQuery).tag
         models = await self.images.load(os.path.join(self._work, "upload"), tag=tag)
         self._cleanup()
         for model in models:
@@ -224,16 +221,3 @@ class LoadHandler(_ImageHandler):
             store._to_trash(self._work)
             self._work = None
             asyncio.get_running_loop().create_task(store.empty_trash())
-
-
-REF = r"(.+)"
-
-
-def routes() -> list[tuple[str, Any]]:
-    return [
-        (r"/api/images", ImagesHandler),
-        (r"/api/images/pull", PullHandler),
-        (r"/api/images/load", LoadHandler),
-        (r"/api/images/prune", PruneHandler),
-        (rf"/api/images/{REF}", ImageHandler),
-    ]

@@ -17,10 +17,11 @@ from ..errors import SandboxdError
 from ..kernels import culler, specs, wire
 from ..kernels.bridge import ClientConnection
 from ..kernels.manager import Kernel, KernelManager
+from ..models.requests import KernelAction, KernelspecsQuery
+from ..models.types import validate
 from ..service import Sandboxd
-from .base import BaseHandler, summary, token_from
+from .base import BaseHandler, expect_upgrade, summary, token_from
 
-KERNEL_ID = r"(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)"
 WRITE_BUFFER = 16 << 20  # bytes queued for one slow client before it is closed
 MAX_RESOURCE = 1 << 20  # a kernelspec's logo or other resource file
 
@@ -34,18 +35,6 @@ async def setup(sbx: Sandboxd) -> KernelManager:
     return manager
 
 
-def routes() -> list[tuple[str, Any]]:
-    return [
-        (r"/api/kernelspecs", KernelspecsHandler),
-        (r"/api/kernelspecs/(?P<name>[^/]+)", KernelspecHandler),
-        (r"/kernelspecs/(?P<name>[^/]+)/(?P<fname>[^/]+)", KernelspecResourceHandler),
-        (r"/api/kernels", KernelsHandler),
-        (rf"/api/kernels/{KERNEL_ID}", KernelHandler),
-        (rf"/api/kernels/{KERNEL_ID}/(?P<action>restart|interrupt)", KernelActionHandler),
-        (rf"/api/kernels/{KERNEL_ID}/channels", KernelChannelsHandler),
-    ]
-
-
 class KernelBase(BaseHandler):
     @property
     def kernels(self) -> KernelManager:
@@ -56,7 +45,7 @@ class KernelspecsHandler(KernelBase):
     def get(self) -> None:
         actor = self.current()
         user = actor.name
-        wanted = self.get_query_argument("user", None)
+        wanted = self.query(KernelspecsQuery).user
         if wanted and (actor.service or actor.admin):
             user = wanted
         admin = actor.admin and user == actor.name
@@ -112,7 +101,7 @@ class KernelHandler(KernelBase):
 class KernelActionHandler(KernelBase):
     async def post(self, kernel_id: str, action: str) -> None:
         actor = self.current()
-        self.body()  # a malformed body is still a 400
+        validate(KernelAction, self.body())  # a malformed body is still a 400
         if action == "interrupt":
             self.kernels.interrupt(actor, kernel_id)
             self.set_status(204)
@@ -160,6 +149,7 @@ class KernelChannelsHandler(websocket.WebSocketHandler):
             return
         try:
             self.kernel = self.kernels.get(user, kwargs["kernel_id"])
+            expect_upgrade(self.request)
             self.kernels.admit_websocket(user.name, self.kernel)
         except SandboxdError as exc:
             if exc.reason == "max-websockets":
@@ -168,7 +158,11 @@ class KernelChannelsHandler(websocket.WebSocketHandler):
             return
         self.user = user.name
         self.kernels.websocket_opened(self.user)
-        await super().get(*args, **kwargs)
+        try:
+            await super().get(*args, **kwargs)
+        finally:
+            if self.get_status() != 101:  # no upgrade (a plain GET, a bad handshake): no slot
+                self._release_slot()
 
     def check_origin(self, origin: str) -> bool:
         return True  # token-authenticated, no cookies
@@ -208,6 +202,9 @@ class KernelChannelsHandler(websocket.WebSocketHandler):
         if self.client is not None:
             self.kernels.disconnect(self.kernel, self.client)
             self.client = None
+        self._release_slot()
+
+    def _release_slot(self) -> None:
         if self.user:
             self.kernels.websocket_closed(self.user)
             self.user = ""

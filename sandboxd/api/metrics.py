@@ -17,25 +17,14 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from urllib.parse import parse_qsl, urlencode
 
 from tornado import web
 
 from .. import metrics
 from ..errors import Forbidden, Unauthorized
-from .base import BaseHandler, token_from
+from .base import BaseHandler, redacted_uri, token_from
 
 log = logging.getLogger("sandboxd.metrics")
-
-
-def redacted_uri(uri: str) -> str:
-    """The request URI with every ``token`` query value replaced: tokens never reach a log."""
-    path, sep, query = uri.partition("?")
-    if not sep:
-        return uri
-    pairs = parse_qsl(query, keep_blank_values=True)
-    clean = [(k, "REDACTED" if k.lower() == "token" else v) for k, v in pairs]
-    return path + "?" + urlencode(clean)
 
 
 def log_request(handler: web.RequestHandler) -> None:

@@ -12,12 +12,11 @@ from typing import Any
 
 from .. import blocking
 from ..errors import Forbidden, InvalidRequest
+from ..models.requests import NetworkCreate, UserQuery
+from ..models.types import validate
 from ..network.settings import DEFAULT_NAME
-from ..service import acts_for
-from ..state import User
+from ..state import User, acts_for
 from .base import BaseHandler
-
-NAME = r"([A-Za-z0-9][A-Za-z0-9_.-]*)"
 
 
 def _owner(handler: BaseHandler, actor: User, wanted: Any) -> str:
@@ -34,7 +33,7 @@ def _owner(handler: BaseHandler, actor: User, wanted: Any) -> str:
 class NetworksHandler(BaseHandler):
     def get(self) -> None:
         actor = self.current()
-        user = self.get_query_argument("user", None)
+        user = self.query(UserQuery).user
         if user is None and actor.admin:
             nets = self.sbx.networks.view.networks()
         else:
@@ -43,13 +42,9 @@ class NetworksHandler(BaseHandler):
 
     async def post(self) -> None:
         actor = self.current()
-        body = self.body()
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            raise InvalidRequest('expected {"name": ...}')
-        if set(body) - {"name", "user"}:
-            raise InvalidRequest(f"unknown field {sorted(set(body) - {'name', 'user'})[0]!r}")
-        owner = _owner(self, actor, body.get("user"))
-        net = await blocking.run_net(self.sbx.networks.create_network, owner, body["name"])
+        req = validate(NetworkCreate, self.body())
+        owner = _owner(self, actor, req.user)
+        net = await blocking.run_net(self.sbx.networks.create_network, owner, req.name)
         self.sbx.store.audit(actor.name, "network-create", f"{owner}/{net.name}", net.subnet)
         self.set_header("Location", f"/api/networks/{net.name}")
         self.send(self.sbx.networks.network_model(net), 201)
@@ -58,7 +53,7 @@ class NetworksHandler(BaseHandler):
 class NetworkHandler(BaseHandler):
     async def get(self, name: str) -> None:
         actor = self.current()
-        owner = _owner(self, actor, self.get_query_argument("user", None))
+        owner = _owner(self, actor, self.query(UserQuery).user)
         if name == DEFAULT_NAME:  # every user has one; reading it makes it (as its first use does)
             net = await blocking.run_net(self.sbx.networks.default_network, owner)
         else:
@@ -67,15 +62,8 @@ class NetworkHandler(BaseHandler):
 
     async def delete(self, name: str) -> None:
         actor = self.current()
-        owner = _owner(self, actor, self.get_query_argument("user", None))
+        owner = _owner(self, actor, self.query(UserQuery).user)
         await blocking.run_net(self.sbx.networks.remove_network, owner, name)
         self.sbx.store.audit(actor.name, "network-rm", f"{owner}/{name}")
         self.set_status(204)
         self.finish()
-
-
-def routes() -> list[tuple[str, Any]]:
-    return [
-        (r"/api/networks", NetworksHandler),
-        (rf"/api/networks/{NAME}", NetworkHandler),
-    ]

@@ -13,11 +13,13 @@ from tornado import websocket
 from tornado.iostream import StreamBufferFullError
 
 from .. import blocking, metrics
-from ..errors import InvalidRequest, NotFound, SandboxdError, Unauthorized
+from ..errors import NotFound, SandboxdError, Unauthorized
+from ..models.requests import ForceQuery, ListQuery, LogsQuery, StopRequest, flag
+from ..models.types import validate
 from ..runtime import output
 from ..service import iso
 from ..state import SandboxRecord
-from .base import BaseHandler, summary, token_from
+from .base import BaseHandler, expect_upgrade, summary, token_from
 
 STATS_SAMPLE_SECONDS = 0.5  # several CFS periods, so a quota shows as its share
 LOG_WRITE_CHUNK = 65536
@@ -34,7 +36,7 @@ class SandboxesHandler(BaseHandler):
 
     def get(self) -> None:
         actor = self.current()
-        all_states = self.get_query_argument("all", "0") in ("1", "true", "yes")
+        all_states = flag(self.query(ListQuery).all)
         self.send([self.sbx.model(r) for r in self.sbx.list(actor, all_states)])
 
 
@@ -47,7 +49,7 @@ class SandboxHandler(BaseHandler):
         self.send(self.sbx.model(rec))
 
     async def delete(self, ref: str) -> None:
-        force = self.get_query_argument("force", "0") in ("1", "true", "yes")
+        force = flag(self.query(ForceQuery).force)
         await self.sbx.remove(self.current(), ref, force=force)
         self.set_status(204)
         self.finish()
@@ -56,12 +58,7 @@ class SandboxHandler(BaseHandler):
 class StopHandler(BaseHandler):
     async def post(self, ref: str) -> None:
         actor = self.current()
-        body = self.body()
-        timeout = body.get("timeout") if isinstance(body, dict) else None
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
-        ):
-            raise InvalidRequest("timeout: expected a non-negative number of seconds")
+        timeout = validate(StopRequest, self.body()).timeout
         self.send(self.sbx.model(await self.sbx.stop(actor, ref, timeout)))
 
 
@@ -74,9 +71,7 @@ class LogsHandler(BaseHandler):
     """The kept output (capped by ``log_max_bytes``), written out in chunks as it is encoded."""
 
     async def get(self, ref: str) -> None:
-        tail = self.get_query_argument("tail", None)
-        if tail is not None and not tail.isdigit():
-            raise InvalidRequest("tail: expected a number of lines")
+        tail = self.query(LogsQuery).tail
         model = await self.sbx.logs(self.current(), ref, int(tail) if tail else None)
         body = await blocking.run(lambda: json.dumps(model).encode())
         self.set_status(200)
@@ -168,7 +163,8 @@ class AttachHandler(websocket.WebSocketHandler):
             self._refuse(Unauthorized("a valid token is required", reason="bad-token"))
             return
         try:
-            self.rec = self.sbx.lookup(user, args[0])
+            self.rec = self.sbx.lookup(user, kwargs["ref"])
+            expect_upgrade(self.request)
             self.kernels.admit_websocket(user.name)
         except SandboxdError as exc:
             if exc.reason == "max-websockets":
@@ -177,7 +173,11 @@ class AttachHandler(websocket.WebSocketHandler):
             return
         self.user = user.name
         self.kernels.websocket_opened(self.user)
-        await super().get(*args, **kwargs)
+        try:
+            await super().get(*args, **kwargs)
+        finally:
+            if self.get_status() != 101:  # no upgrade (a plain GET, a bad handshake): no slot
+                self._release_slot()
 
     def check_origin(self, origin: str) -> bool:
         return True
@@ -225,6 +225,8 @@ class AttachHandler(websocket.WebSocketHandler):
     def on_message(self, message: str | bytes) -> None:
         if not isinstance(message, bytes) or not message or message[0] != 0:
             return
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return  # frames that arrived after we closed: already refused once
         live = self.sbx.runtime.live.get(self.rec.id)
         if live is None or live.stdin_fd is None or self.stdin_eof:
             return
@@ -279,6 +281,9 @@ class AttachHandler(websocket.WebSocketHandler):
             if getattr(self, "writing", False) and live.stdin_fd is not None:
                 with contextlib.suppress(ValueError, OSError):
                     asyncio.get_running_loop().remove_writer(live.stdin_fd)
+        self._release_slot()
+
+    def _release_slot(self) -> None:
         if self.user:
             self.kernels.websocket_closed(self.user)
             self.user = ""

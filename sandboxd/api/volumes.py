@@ -10,13 +10,9 @@ its name (``-v NAME[/SUBPATH]:TARGET``), never by the host path shown here.
 
 from __future__ import annotations
 
-from typing import Any
-
 from .. import blocking, volumes
+from ..models.requests import VolumeDeleteQuery, VolumeQuery, flag
 from .base import BaseHandler
-
-USER = r"([a-z0-9][a-z0-9_.-]*)"
-VOLUME = r"([A-Za-z0-9][A-Za-z0-9_.-]*)"
 
 
 class VolumesHandler(BaseHandler):
@@ -42,7 +38,7 @@ class VolumeHandler(BaseHandler):
             actor,
             user,
             name,
-            self.get_query_argument("root", None),
+            self.query(VolumeQuery).root,
         )
         if model["created"]:
             self.sbx.store.audit(actor.name, "volume-create", f"{user}/{name}", model["host"])
@@ -53,7 +49,8 @@ class VolumeHandler(BaseHandler):
         target = self.sbx.store.get_user(user)
         assert target is not None
         volumes.check_actor(actor, target)
-        if self.get_query_argument("force", "0") not in ("1", "true", "yes"):
+        query = self.query(VolumeDeleteQuery)
+        if not flag(query.force):
             volumes.check_unused(self.sbx.store, user, name)
         await blocking.run(
             volumes.remove,
@@ -62,15 +59,8 @@ class VolumeHandler(BaseHandler):
             actor,
             user,
             name,
-            self.get_query_argument("root", None),
+            query.root,
         )
         self.sbx.store.audit(actor.name, "volume-rm", f"{user}/{name}")
         self.set_status(204)
         self.finish()
-
-
-def routes() -> list[tuple[str, Any]]:
-    return [
-        (rf"/api/users/{USER}/volumes", VolumesHandler),
-        (rf"/api/users/{USER}/volumes/{VOLUME}", VolumeHandler),
-    ]

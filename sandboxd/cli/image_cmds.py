@@ -213,7 +213,7 @@ def image_rows(images: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def cmd_ls(client: Client, args: argparse.Namespace) -> int:
-    from .sandboxctl import format_table
+    from .tables import format_table
 
     images = client.request("GET", "/api/images")
     if args.json:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .client import Client
-from .common import each
+from .common import for_each
 
 HEADERS = ("NAME", "SUBNET", "GATEWAY", "BRIDGE", "SANDBOXES", "USER")
 
@@ -29,7 +29,7 @@ def _params(args: argparse.Namespace) -> dict[str, str] | None:
 
 
 def cmd_ls(client: Client, args: argparse.Namespace) -> int:
-    from .sandboxctl import format_table
+    from .tables import format_table
 
     nets = client.request("GET", "/api/networks", params=_params(args))
     if args.json:
@@ -48,7 +48,7 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
     out: list[Any] = []
-    code = each(
+    code = for_each(
         args.names,
         lambda name: out.append(
             client.request("GET", f"/api/networks/{name}", params=_params(args))
@@ -63,7 +63,7 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> int:
         client.request("DELETE", f"/api/networks/{name}", params=_params(args))
         print(name)
 
-    return each(args.names, remove)
+    return for_each(args.names, remove)
 
 
 Command = Callable[

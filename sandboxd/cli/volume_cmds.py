@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .client import Client
-from .common import each
+from .common import for_each
 
 HEADERS = ("NAME", "USER", "MODE", "MODIFIED", "HOST PATH")
 
@@ -32,7 +32,7 @@ def volume_row(model: dict[str, Any]) -> list[str]:
 
 
 def cmd_ls(client: Client, args: argparse.Namespace) -> int:
-    from .sandboxctl import format_table
+    from .tables import format_table
 
     user = _owner(client, args)
     vols = client.request("GET", f"/api/users/{user}/volumes")
@@ -53,7 +53,7 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
 def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
     user = _owner(client, args)
     out: list[Any] = []
-    code = each(
+    code = for_each(
         args.names,
         lambda name: out.append(client.request("GET", f"/api/users/{user}/volumes/{quote(name)}")),
     )
@@ -69,7 +69,7 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> int:
         client.request("DELETE", f"/api/users/{user}/volumes/{quote(name)}", params=params)
         print(name)
 
-    return each(args.names, remove)
+    return for_each(args.names, remove)
 
 
 Command = Callable[

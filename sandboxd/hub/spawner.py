@@ -40,6 +40,9 @@ from jupyterhub.spawner import Spawner
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, Union, default
 
+from ..errors import Reason
+from ..models.types import USER_PATTERN
+
 try:  # jupyterhub >= 5.0 (reason= label since 6.0)
     from jupyterhub.spawner import SpawnException
 except ImportError:  # pragma: no cover - older hubs
@@ -58,39 +61,49 @@ try:
 except ImportError:  # pragma: no cover
     ByteSpecification = Integer  # type: ignore[misc,assignment]
 
-#: sandboxd error reasons → the SpawnException reason label (a Prometheus label in the Hub)
-REASONS = {
-    "max-sandboxes": "quota",
-    "max-kernels": "quota",
-    "memory-quota": "quota",
-    "cpu-quota": "quota",
-    "profile-limit": "quota",
-    "max-networks": "quota",
-    "unknown-image": "image",
-    "bad-image": "image",
-    "image-not-found": "image",
-    "image-denied": "image",
-    "pull-denied": "image",
-    "registry-denied": "image",
-    "bad-image-user": "image",
-    "no-command": "image",
-    "image-broken": "image",
-    "idmap-unsupported": "image",
-    "registry": "image",
-    "pool-overlap": "network",
-    "subnets-exhausted": "network",
-    "unknown-network": "network",
-    "bad-network": "network",
-    "port-taken": "network",
-    "network-error": "network",
-    "bad-volume": "volume",
-    "volume-denied": "volume",
-    "no-volume-root": "volume",
-    "unknown-profile": "profile",
-    "profile-denied": "profile",
+#: sandboxd error reasons → the SpawnException reason label (a Prometheus label in the Hub);
+#: keyed by ``Reason`` members, so a reason the daemon does not have cannot be listed here
+REASONS: dict[Reason, str] = {
+    Reason.MAX_SANDBOXES: "quota",
+    Reason.MAX_KERNELS: "quota",
+    Reason.MEMORY_QUOTA: "quota",
+    Reason.CPU_QUOTA: "quota",
+    Reason.PROFILE_LIMIT: "quota",
+    Reason.MAX_NETWORKS: "quota",
+    Reason.UNKNOWN_IMAGE: "image",
+    Reason.IMAGE_NOT_FOUND: "image",
+    Reason.IMAGE_BROKEN: "image",
+    Reason.BAD_REFERENCE: "image",
+    Reason.BAD_IMAGE: "image",
+    Reason.BAD_IMAGE_USER: "image",
+    Reason.NO_COMMAND: "image",
+    Reason.IDMAP_UNSUPPORTED: "image",
+    Reason.PULL_DENIED: "image",
+    Reason.REGISTRY_DENIED: "image",
+    Reason.REGISTRY_AUTH: "image",
+    Reason.REGISTRY_UNREACHABLE: "image",
+    Reason.REGISTRY_TIMEOUT: "image",
+    Reason.POOL_OVERLAP: "network",
+    Reason.SUBNETS_EXHAUSTED: "network",
+    Reason.ADDRESSES_EXHAUSTED: "network",
+    Reason.UNKNOWN_NETWORK: "network",
+    Reason.BAD_NETWORK: "network",
+    Reason.BAD_NETWORK_NAME: "network",
+    Reason.NO_MACVLAN: "network",
+    Reason.PORT_TAKEN: "network",
+    Reason.NETWORK: "network",
+    Reason.BAD_VOLUME: "volume",
+    Reason.BAD_VOLUME_TARGET: "volume",
+    Reason.VOLUME_DENIED: "volume",
+    Reason.HOST_PATH_DENIED: "volume",
+    Reason.UNKNOWN_VOLUME: "volume",
+    Reason.VOLUME_IN_USE: "volume",
+    Reason.NO_VOLUME_ROOT: "volume",
+    Reason.UNKNOWN_PROFILE: "profile",
+    Reason.PROFILE_DENIED: "profile",
 }
 SANDBOX_NAME = re.compile(r"[^a-zA-Z0-9_.-]")
-USER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+USER_NAME = re.compile(USER_PATTERN.strip("^$"))
 
 
 class SandboxdError(Exception):

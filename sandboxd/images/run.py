@@ -99,7 +99,7 @@ def apply(
         )
     env = dict(_image_env(resolved))
     env.update(spec.env)
-    workdir = spec.workdir if "workdir" in body else _workdir(resolved, guest)
+    workdir = spec.workdir if body.get("workdir") else _workdir(resolved, guest)
     return dataclasses.replace(
         spec,
         command=command,

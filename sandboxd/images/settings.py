@@ -1,8 +1,9 @@
 """The ``[images]`` config table: store limits, registries, credentials, the allow-list, mirrors.
 
-Pure parsing and validation (``config.py`` calls ``parse_images``), so a bad value is refused
-at load with its key, like every other setting. Credentials may be given inline or, better,
-as ``password_file`` (read at load; the file should be root-only).
+``ImageSettings`` is the table's shape (validated with the rest of the config, so a bad value is
+refused at load with its key, like every other setting); ``check_images`` the rules across
+keys. Credentials may be given inline or, better, as ``password_file`` (read at load; the
+file should be root-only).
 """
 
 from __future__ import annotations
@@ -10,10 +11,15 @@ from __future__ import annotations
 import platform
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from ..errors import InvalidRequest
-from ..units import parse_size
+from pydantic import AfterValidator, Field, PrivateAttr, StrictBool, StrictStr, ValidationError
+
+from ..errors import InvalidRequest, Reason
+from ..models.types import Model, PositiveFloat, count, first_error, size
+
+G = 1 << 30
+M = 1 << 20
 
 DOCKER_HUB = "docker.io"
 #: Where ``docker.io`` names are really served from (as the docker CLI does).
@@ -42,27 +48,100 @@ class Registry:
         return (self.mirror, self.endpoint) if self.mirror else (self.endpoint,)
 
 
-@dataclass(frozen=True)
-class ImageSettings:
-    max_store_bytes: int = 50 * 1024**3
-    max_layer_bytes: int = 8 * 1024**3  # unpacked bytes of one layer
-    max_layer_entries: int = 500_000  # tar entries of one layer
-    max_blob_bytes: int = 4 * 1024**3  # one compressed blob as downloaded or loaded
-    max_load_bytes: int = 8 * 1024**3  # one uploaded archive (docker save / OCI)
-    max_manifest_bytes: int = 4 * 1024**2
-    max_layers: int = 127  # layers of one image (overlayfs stacks at most 500 lowerdirs)
-    max_concurrent_pulls: int = 4  # pulls and loads running at once; more are refused (429)
-    layer_downloads: int = 3  # layers of one pull downloaded at once
-    unpack_workers: int = 2  # worker processes that unpack layers
-    timeout_seconds: float = 600.0  # one HTTP request to a registry, start to end
-    unpack_timeout_seconds: float = 1800.0  # one layer's unpack (a worker is killed after)
-    platform: str = ""  # "linux/amd64"; "" = this host's
-    default_registry: str = DOCKER_HUB
-    allowed_registries: tuple[str, ...] = (DOCKER_HUB, "ghcr.io", "quay.io")  # "*" = any
-    registries: dict[str, Registry] = field(default_factory=dict)
+def _registry_host(value: str) -> str:
+    if not _HOST.fullmatch(value):
+        raise ValueError("expected a registry host[:port]")
+    return value
+
+
+def _mirror(value: str) -> str:
+    value = value.rstrip("/")
+    if value and not re.fullmatch(r"https?://[^/\s]+", value):
+        raise ValueError("expected http(s)://host[:port]")
+    return value
+
+
+def _max_layers(value: int) -> int:
+    if value > 500:
+        raise ValueError("overlayfs stacks at most 500 layers")
+    return value
+
+
+Host = Annotated[StrictStr, AfterValidator(_registry_host)]
+AllowedHost = Annotated[StrictStr, AfterValidator(lambda v: v if v == "*" else _registry_host(v))]
+
+
+class RegistryTable(Model):
+    """``[images.registries."HOST[:PORT]"]``: how to reach one registry."""
+
+    insecure: StrictBool = Field(False, description="plain http (a registry on loopback or a LAN)")
+    username: StrictStr = Field("", description="for registries that want a login")
+    password: StrictStr = Field("", repr=False, description="better: password_file")
+    password_file: StrictStr = Field("", description="read at load; should be root-only")
+    mirror: Annotated[StrictStr, AfterValidator(_mirror)] = Field(
+        "", description='"https://mirror.example:5000", tried before the registry'
+    )
+    _secret: str = PrivateAttr("")
+
+    def model_post_init(self, context: Any) -> None:
+        self._secret = self.password
+        if self.password_file:
+            try:
+                with open(self.password_file) as fh:
+                    self._secret = fh.read().strip()
+            except OSError as exc:
+                raise ValueError(f"password_file: cannot read: {exc.strerror}") from None
+
+
+class ImageSettings(Model):
+    """``[images]``: the image store's limits, where images may come from, and how."""
+
+    max_store_bytes: size(1) = Field(50 * G, description="the whole image store")
+    max_layer_bytes: size(1) = Field(
+        8 * G, description="unpacked bytes of one layer (decompression bombs stop here)"
+    )
+    max_layer_entries: count(1) = Field(500_000, description="tar entries of one layer")
+    max_blob_bytes: size(1) = Field(4 * G, description="one compressed layer as downloaded")
+    max_load_bytes: size(1) = Field(
+        8 * G, description="one uploaded archive (docker save, OCI layout)"
+    )
+    max_manifest_bytes: size(1) = Field(4 * M, description="one manifest or image config")
+    max_layers: Annotated[count(1), AfterValidator(_max_layers)] = Field(
+        127, description="layers of one image (overlayfs stacks at most 500)"
+    )
+    max_concurrent_pulls: count(1) = Field(
+        4, description="pulls + loads at once; more are refused with 429"
+    )
+    layer_downloads: count(1) = Field(3, description="layers of one pull downloaded at once")
+    unpack_workers: count(1) = Field(
+        2, description="worker processes unpacking layers (off the event loop)"
+    )
+    timeout_seconds: PositiveFloat = Field(600.0, description="one registry request")
+    unpack_timeout_seconds: PositiveFloat = Field(
+        1800.0, description="one layer's unpack; the worker is killed after"
+    )
+    platform: Annotated[StrictStr, Field(pattern=r"^([a-z0-9]+/[a-z0-9]+(/\w+)?)?$")] = Field(
+        "", description='"os/arch[/variant]", e.g. "linux/amd64"; "" = this host\'s'
+    )
+    default_registry: Host = Field(DOCKER_HUB, description="where a name without a host is")
+    allowed_registries: tuple[AllowedHost, ...] = Field(
+        (DOCKER_HUB, "ghcr.io", "quay.io"), description='registries pulls may use; "*" = any'
+    )
+    registries: dict[Host, RegistryTable] = Field(
+        {}, description='[images.registries."HOST"] tables'
+    )
 
     def registry(self, host: str) -> Registry:
-        return self.registries.get(host) or Registry(host)
+        table = self.registries.get(host)
+        if table is None:
+            return Registry(host)
+        return Registry(
+            host=host,
+            insecure=table.insecure,
+            username=table.username,
+            password=table._secret,
+            mirror=table.mirror,
+        )
 
     def allowed(self, host: str) -> bool:
         return "*" in self.allowed_registries or host in self.allowed_registries
@@ -91,110 +170,22 @@ def host_platform() -> tuple[str, str, str]:
 
 
 def _bad(key: str, why: str) -> InvalidRequest:
-    return InvalidRequest(f"config: {key}: {why}", reason="bad-config")
+    return InvalidRequest(f"config: {key}: {why}", reason=Reason.BAD_CONFIG)
 
 
-_SIZES = (
-    "max_store_bytes",
-    "max_layer_bytes",
-    "max_blob_bytes",
-    "max_load_bytes",
-    "max_manifest_bytes",
-)
-_INTS = (
-    "max_layer_entries",
-    "max_layers",
-    "max_concurrent_pulls",
-    "layer_downloads",
-    "unpack_workers",
-)
-_SECONDS = ("timeout_seconds", "unpack_timeout_seconds")
-_REGISTRY_KEYS = {"insecure", "username", "password", "password_file", "mirror"}
-
-
-def _registry(host: str, raw: Any) -> Registry:
-    where = f"images.registries.{host}"
-    if not isinstance(raw, dict):
-        raise _bad(where, "expected a table")
-    unknown = set(raw) - _REGISTRY_KEYS
-    if unknown:
-        raise _bad(f"{where}.{sorted(unknown)[0]}", "unknown key")
-    if not _HOST.fullmatch(host):
-        raise _bad(where, "expected a registry host[:port]")
-    for key in ("username", "password", "password_file", "mirror"):
-        if not isinstance(raw.get(key, ""), str):
-            raise _bad(f"{where}.{key}", "expected a string")
-    if not isinstance(raw.get("insecure", False), bool):
-        raise _bad(f"{where}.insecure", "expected true or false")
-    password = raw.get("password", "")
-    if raw.get("password_file"):
-        try:
-            with open(raw["password_file"]) as fh:
-                password = fh.read().strip()
-        except OSError as exc:
-            raise _bad(f"{where}.password_file", f"cannot read: {exc.strerror}") from None
-    mirror = raw.get("mirror", "").rstrip("/")
-    if mirror and not re.fullmatch(r"https?://[^/\s]+", mirror):
-        raise _bad(f"{where}.mirror", "expected http(s)://host[:port]")
-    if password and not raw.get("username"):
-        raise _bad(f"{where}.username", "a password needs a username")
-    return Registry(
-        host=host,
-        insecure=raw.get("insecure", False),
-        username=raw.get("username", ""),
-        password=password,
-        mirror=mirror,
-    )
+def check_images(images: ImageSettings, where: str = "images") -> None:
+    """Rules across keys of ``[images]``, refused with the key that breaks them."""
+    for host, table in images.registries.items():
+        if table._secret and not table.username:
+            raise _bad(f"{where}.registries.{host}.username", "a password needs a username")
 
 
 def parse_images(raw: Any) -> ImageSettings:
-    where = "images"
-    if not isinstance(raw, dict):
-        raise _bad(where, "expected a table")
-    known = {*_SIZES, *_INTS, *_SECONDS, "platform", "default_registry"}
-    known |= {"allowed_registries", "registries"}
-    unknown = set(raw) - known
-    if unknown:
-        raise _bad(f"{where}.{sorted(unknown)[0]}", "unknown key")
-    values: dict[str, Any] = {}
-    for key in _SIZES:
-        if key in raw:
-            try:
-                values[key] = parse_size(raw[key], what=f"{where}.{key}")
-            except InvalidRequest as exc:
-                raise _bad(f"{where}.{key}", exc.message) from None
-            if values[key] <= 0:
-                raise _bad(f"{where}.{key}", "must be positive")
-    for key in _INTS:
-        if key in raw:
-            value = raw[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise _bad(f"{where}.{key}", "expected a positive integer")
-            values[key] = value
-    if values.get("max_layers", 1) > 500:
-        raise _bad(f"{where}.max_layers", "overlayfs stacks at most 500 layers")
-    for key in _SECONDS:
-        if key in raw:
-            value = raw[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise _bad(f"{where}.{key}", "expected a positive number")
-            values[key] = float(value)
-    plat = raw.get("platform", "")
-    if not isinstance(plat, str) or (plat and not _PLATFORM.fullmatch(plat)):
-        raise _bad(f"{where}.platform", 'expected "os/arch[/variant]", e.g. "linux/amd64"')
-    values["platform"] = plat
-    default = raw.get("default_registry", DOCKER_HUB)
-    if not isinstance(default, str) or not _HOST.fullmatch(default):
-        raise _bad(f"{where}.default_registry", "expected a registry host[:port]")
-    values["default_registry"] = default
-    allowed = raw.get("allowed_registries", list(ImageSettings.allowed_registries))
-    if not isinstance(allowed, list) or not all(
-        isinstance(h, str) and (h == "*" or _HOST.fullmatch(h)) for h in allowed
-    ):
-        raise _bad(f"{where}.allowed_registries", 'expected a list of host[:port] (or "*")')
-    values["allowed_registries"] = tuple(allowed)
-    registries = raw.get("registries", {})
-    if not isinstance(registries, dict):
-        raise _bad(f"{where}.registries", "expected a table of registries")
-    values["registries"] = {host: _registry(host, r) for host, r in registries.items()}
-    return ImageSettings(**values)
+    """``[images]`` alone (the config loader validates it with the rest of the file)."""
+    try:
+        images = ImageSettings.model_validate(raw)
+    except ValidationError as exc:
+        key, why = first_error(exc)
+        raise _bad(f"images.{key}", why) from None
+    check_images(images)
+    return images

@@ -359,8 +359,18 @@ class KernelManager:
 
     async def recover(self) -> None:
         """Adopt the kernels whose sandboxes still run after a daemon restart, from their rows
-        (the key included); clients reconnect. Rows of kernels that are gone are dropped."""
-        for row in self.sbx.store.kernels():
+        (the key included); clients reconnect. Rows of kernels that are gone are dropped, and so
+        are kernel sandboxes without a row: a start the daemon died in (counted in the quota,
+        unreachable, never to be culled)."""
+        rows = self.sbx.store.kernels()
+        owned = {row["sandbox"] for row in rows}
+        for rec in self.sbx.store.list_sandboxes(kind="kernel", states=("running",)):
+            if rec.id not in owned:
+                log.warning("removing kernel sandbox %s: its start did not finish", rec.id)
+                admin = self.sbx.store.get_user("admin")
+                with contextlib.suppress(SandboxdError):
+                    await self.sbx.remove(admin, rec.id, force=True)  # type: ignore[arg-type]
+        for row in rows:
             live = self.sbx.runtime.live.get(row["sandbox"])
             owner = self.sbx.store.get_user(row["user"], missing_ok=True)
             try:

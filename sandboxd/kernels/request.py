@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
-from ..errors import InvalidRequest, NotFound
+from ..errors import InvalidRequest, NotFound, Reason
+from ..models.requests import KernelStart
+from ..models.types import validate
 from ..state import Store, User
 from . import specs
 
@@ -100,12 +102,9 @@ def working_dir(env: dict[str, str], volumes: tuple[str, ...]) -> str:
 
 def parse(body: Any, actor: User, config: Config, store: Store) -> KernelRequest:
     """Validate ``POST /api/kernels``; raises 400/404 before anything is made."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("expected a JSON object", reason="bad-body")
-    name = body.get("name") or None
-    if name is not None and not isinstance(name, str):
-        raise InvalidRequest("name: expected a kernelspec name", reason="bad-body")
-    env = clean_env(body.get("env"), config)
+    req = validate(KernelStart, body, Reason.BAD_BODY)
+    name = req.name or None
+    env = clean_env(req.env, config)
     owner = owner_of(actor, env, store)
     visible = specs.visible(config, owner.name, owner.admin)
     name = name or specs.default_name(visible)

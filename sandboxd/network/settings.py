@@ -1,17 +1,21 @@
 """Network settings: the ``[network]`` config table, per-profile egress, and ``-p`` specs.
 
-Pure parsing and validation; ``config.py`` calls these so a bad value is refused at load with
-its key, the same way as every other setting.
+``NetworkSettings`` is the shape of ``[network]`` (validated with the rest of the config, so a
+bad value is refused at load with its key); the parsers below turn the strings people write
+into what nft and the manager use. Rules across keys are ``check_network``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from ..errors import InvalidRequest
+from pydantic import AfterValidator, BeforeValidator, Field, SkipValidation, StrictInt, StrictStr
+
+from ..errors import InvalidRequest, Reason
+from ..models.types import Model
 from ..runtime.nft import Allow, Published
 
 DEFAULT_POOL = "10.213.0.0/16"
@@ -35,16 +39,6 @@ class Macvlan:
 
 
 @dataclass(frozen=True)
-class NetworkConfig:
-    pool: str = DEFAULT_POOL
-    subnet_prefix: int = 24
-    resolvers: tuple[str, ...] | None = None  # None = the host's
-    host_ports: tuple[tuple[str, int], ...] = ()
-    max_networks: int = 5
-    macvlan: Macvlan = field(default_factory=Macvlan)
-
-
-@dataclass(frozen=True)
 class Egress:
     """A profile's egress policy (see nft.EgressPolicy)."""
 
@@ -55,7 +49,19 @@ class Egress:
 
 
 def _bad(key: str, why: str) -> InvalidRequest:
-    return InvalidRequest(f"config: {key}: {why}", reason="bad-config")
+    return InvalidRequest(f"config: {key}: {why}", reason=Reason.BAD_CONFIG)
+
+
+def _value_error(parse: Any) -> Any:
+    """A parser that raises InvalidRequest, as a pydantic validator (which needs ValueError)."""
+
+    def run(value: Any) -> Any:
+        try:
+            return parse(value, "")
+        except InvalidRequest as exc:
+            raise ValueError(exc.message.removeprefix("config: : ")) from None
+
+    return run
 
 
 def _net(text: Any, key: str) -> ipaddress.IPv4Network:
@@ -72,9 +78,9 @@ def _ip(text: Any, key: str) -> str:
         raise _bad(key, f"{text!r} is not an IPv4 address") from None
 
 
-def _proto_port(text: str, key: str) -> tuple[str, int]:
+def _proto_port(text: Any, key: str) -> tuple[str, int]:
     """``tcp/8890``, ``8890/udp`` or ``8890`` (tcp)."""
-    parts = text.replace("/", " ").split()
+    parts = str(text).replace("/", " ").split()
     proto = next((p for p in parts if p in ("tcp", "udp")), "tcp")
     nums = [p for p in parts if p not in ("tcp", "udp")]
     if len(nums) != 1 or not nums[0].isdigit() or not 0 < int(nums[0]) < 65536:
@@ -82,64 +88,99 @@ def _proto_port(text: str, key: str) -> tuple[str, int]:
     return proto, int(nums[0])
 
 
-def parse_network(raw: Any) -> NetworkConfig:
-    where = "network"
-    if not isinstance(raw, dict):
-        raise _bad(where, "expected a table")
-    known = {
-        "pool",
-        "subnet_prefix",
-        "resolvers",
-        "host_ports",
-        "max_networks",
-        "macvlan_parent",
-        "macvlan_subnet",
-        "macvlan_range",
-        "macvlan_gateway",
-    }
-    unknown = set(raw) - known
-    if unknown:
-        raise _bad(f"{where}.{sorted(unknown)[0]}", "unknown key")
-    pool = _net(raw.get("pool", DEFAULT_POOL), f"{where}.pool")
-    prefix = raw.get("subnet_prefix", 24)
-    if (
-        isinstance(prefix, bool)
-        or not isinstance(prefix, int)
-        or not pool.prefixlen <= prefix <= 29
-    ):
+def _cidr(text: Any, key: str) -> str:
+    return str(_net(text, key))
+
+
+Cidr = Annotated[StrictStr, AfterValidator(_value_error(_cidr))]
+OptionalCidr = Annotated[StrictStr, AfterValidator(lambda v: _value_error(_cidr)(v) if v else "")]
+Address = Annotated[StrictStr, AfterValidator(_value_error(_ip))]
+#: ``tcp/8890``, ``8890/udp`` or ``8890`` → ("tcp", 8890)
+HostPort = Annotated[
+    SkipValidation[tuple[str, int]],
+    BeforeValidator(
+        _value_error(_proto_port),
+        json_schema_input_type=Annotated[
+            str, Field(pattern=r"^((tcp|udp)/)?[0-9]{1,5}(/(tcp|udp))?$")
+        ],
+    ),
+]
+#: ``CIDR``, ``CIDR:PORT`` (tcp) or ``CIDR:PORT/udp`` → nft.Allow
+AllowRule = Annotated[
+    SkipValidation[Allow],
+    BeforeValidator(lambda v: _value_error(parse_allow)(v), json_schema_input_type=str),
+]
+
+
+def _no_resolvers(value: tuple[str, ...]) -> tuple[str, ...] | None:
+    return value or None
+
+
+class NetworkSettings(Model):
+    """``[network]``: where user networks come from and what sandboxes may reach."""
+
+    pool: Cidr = Field(
+        DEFAULT_POOL,
+        description="user networks' subnets are cut from it; must not overlap host routes",
+    )
+    subnet_prefix: StrictInt = Field(
+        24, description="prefix length of each user network (from the pool's length to 29)"
+    )
+    resolvers: Annotated[tuple[Address, ...], AfterValidator(_no_resolvers)] | None = Field(
+        (), description="nameservers written to the sandbox's resolv.conf; [] = the host's"
+    )
+    host_ports: tuple[HostPort, ...] = Field(
+        (), description='host ports sandboxes may reach, e.g. ["tcp/8890"]'
+    )
+    max_networks: Annotated[StrictInt, Field(ge=1)] = Field(
+        5, description="networks per user, the default network included"
+    )
+    macvlan_parent: Annotated[StrictStr, Field(max_length=15)] = Field(
+        "", description='a host link; "" = no macvlan mode'
+    )
+    macvlan_subnet: OptionalCidr = Field(
+        "", description='the LAN\'s subnet, e.g. "192.168.50.0/24"'
+    )
+    macvlan_range: OptionalCidr = Field(
+        "", description='addresses handed out, e.g. "192.168.50.128/25" ("" = the subnet)'
+    )
+    macvlan_gateway: Annotated[
+        StrictStr, AfterValidator(lambda v: _value_error(_ip)(v) if v else "")
+    ] = Field("", description="the LAN's gateway")
+
+    @property
+    def macvlan(self) -> Macvlan:
+        if not self.macvlan_parent:
+            return Macvlan()
+        return Macvlan(
+            parent=self.macvlan_parent,
+            subnet=self.macvlan_subnet,
+            range=self.macvlan_range or self.macvlan_subnet,
+            gateway=self.macvlan_gateway,
+        )
+
+
+#: the name the rest of the code knows the validated ``[network]`` table by
+NetworkConfig = NetworkSettings
+
+
+def check_network(net: NetworkSettings, where: str = "network") -> None:
+    """Rules across ``[network]`` keys, refused with the key that breaks them."""
+    pool = ipaddress.IPv4Network(net.pool)
+    if not pool.prefixlen <= net.subnet_prefix <= 29:
         raise _bad(f"{where}.subnet_prefix", f"must be between {pool.prefixlen} and 29")
-    resolvers = raw.get("resolvers", [])
-    if not isinstance(resolvers, list):
-        raise _bad(f"{where}.resolvers", "expected a list of IPv4 addresses")
-    ports = raw.get("host_ports", [])
-    if not isinstance(ports, list):
-        raise _bad(f"{where}.host_ports", 'expected a list like ["tcp/8890"]')
-    host_ports = tuple(_proto_port(str(p), f"{where}.host_ports") for p in ports)
-    most = raw.get("max_networks", 5)
-    if isinstance(most, bool) or not isinstance(most, int) or most < 1:
-        raise _bad(f"{where}.max_networks", "must be a positive integer")
-    mv = Macvlan(parent=str(raw.get("macvlan_parent", "")))
-    if mv.parent:
-        subnet = _net(raw.get("macvlan_subnet", ""), f"{where}.macvlan_subnet")
-        rng = _net(raw.get("macvlan_range") or str(subnet), f"{where}.macvlan_range")
+    if net.macvlan_parent:
+        if not net.macvlan_subnet:
+            raise _bad(f"{where}.macvlan_subnet", "required with macvlan_parent")
+        subnet = ipaddress.IPv4Network(net.macvlan_subnet)
+        rng = ipaddress.IPv4Network(net.macvlan_range or net.macvlan_subnet)
         if not rng.subnet_of(subnet):
             raise _bad(f"{where}.macvlan_range", f"{rng} is not inside {subnet}")
-        gw = raw.get("macvlan_gateway", "")
-        mv = Macvlan(
-            parent=mv.parent,
-            subnet=str(subnet),
-            range=str(rng),
-            gateway=_ip(gw, f"{where}.macvlan_gateway") if gw else "",
-        )
-        if len(mv.parent) > 15:
-            raise _bad(f"{where}.macvlan_parent", "not a link name")
-    return NetworkConfig(
-        pool=str(pool),
-        subnet_prefix=prefix,
-        resolvers=tuple(_ip(r, f"{where}.resolvers") for r in resolvers) or None,
-        host_ports=host_ports,
-        max_networks=most,
-        macvlan=mv,
+
+
+def egress_of(mode: str, allow: Any, private: Any, host_ports: Any) -> Egress:
+    return Egress(
+        mode=mode, allow=tuple(allow), allow_private=tuple(private), host_ports=tuple(host_ports)
     )
 
 
@@ -158,32 +199,10 @@ def parse_allow(text: Any, key: str) -> Allow:
     return Allow(net, proto, int(port))
 
 
-def parse_egress(table: dict[str, Any], where: str) -> Egress:
-    mode = table.get("egress", "nat")
-    if mode not in MODES:
-        raise _bad(f"{where}.egress", f"{mode!r} is not one of {', '.join(MODES)}")
-    allow = table.get("egress_allow", [])
-    private = table.get("egress_allow_private", [])
-    host_ports = table.get("host_ports", [])
-    for key, value in (
-        ("egress_allow", allow),
-        ("egress_allow_private", private),
-        ("host_ports", host_ports),
-    ):
-        if not isinstance(value, list):
-            raise _bad(f"{where}.{key}", "expected a list")
-    return Egress(
-        mode=mode,
-        allow=tuple(parse_allow(a, f"{where}.egress_allow") for a in allow),
-        allow_private=tuple(str(_net(p, f"{where}.egress_allow_private")) for p in private),
-        host_ports=tuple(_proto_port(str(p), f"{where}.host_ports") for p in host_ports),
-    )
-
-
 def parse_port(text: Any) -> Published:
     """``[HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]`` → Published; 400 with the reason otherwise."""
     if not isinstance(text, str):
-        raise InvalidRequest("ports: expected strings like 8080:80/tcp", reason="bad-port")
+        raise InvalidRequest("ports: expected strings like 8080:80/tcp", reason=Reason.BAD_PORT)
     spec, _, proto = text.partition("/")
     proto = proto or "tcp"
     parts = spec.split(":")
@@ -193,7 +212,7 @@ def parse_port(text: Any) -> Published:
             host_ip = str(ipaddress.IPv4Address(parts[0]))
         except ValueError:
             raise InvalidRequest(
-                f"ports: {text!r}: {parts[0]!r} is not an IPv4 address", reason="bad-port"
+                f"ports: {text!r}: {parts[0]!r} is not an IPv4 address", reason=Reason.BAD_PORT
             ) from None
         parts = parts[1:]
     if (
@@ -202,7 +221,7 @@ def parse_port(text: Any) -> Published:
         or not all(p.isdigit() and 0 < int(p) < 65536 for p in parts)
     ):
         raise InvalidRequest(
-            f"ports: {text!r} is not [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]", reason="bad-port"
+            f"ports: {text!r} is not [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]", reason=Reason.BAD_PORT
         )
     return Published(host_port=int(parts[0]), ctr_port=int(parts[1]), proto=proto, host_ip=host_ip)
 
@@ -247,16 +266,16 @@ def check_mode(network: str, ports: Any) -> tuple[str, ...]:
         raise InvalidRequest(
             f"network: {network!r} is not bridge, none, host, macvlan, container:<id> or a "
             "network name",
-            reason="bad-network",
+            reason=Reason.BAD_NETWORK,
         )
     if not isinstance(ports, list):
-        raise InvalidRequest('ports: expected a list like ["8080:80/tcp"]', reason="bad-port")
+        raise InvalidRequest('ports: expected a list like ["8080:80/tcp"]', reason=Reason.BAD_PORT)
     parsed = [parse_port(p) for p in ports]
     if parsed and (network in ("none", "host", "macvlan") or network.startswith("container:")):
         raise InvalidRequest(
-            f"ports: cannot publish ports with network {network}", reason="bad-port"
+            f"ports: cannot publish ports with network {network}", reason=Reason.BAD_PORT
         )
     keys = [(p.proto, p.host_port) for p in parsed]
     if len(set(keys)) != len(keys):
-        raise InvalidRequest("ports: a host port is published twice", reason="bad-port")
+        raise InvalidRequest("ports: a host port is published twice", reason=Reason.BAD_PORT)
     return tuple(format_port(p) for p in parsed)

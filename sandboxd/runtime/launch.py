@@ -177,10 +177,37 @@ def _with_net(plan: LaunchPlan, fd: int) -> LaunchPlan:
     return replace(plan, net_fd=fd)
 
 
+async def read_to_eof(fd: int, timeout: float, what: str, limit: int = 65536) -> bytes:
+    """Read a pipe on the loop until EOF (at most ``limit`` bytes kept)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+    chunks: list[bytes] = []
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if data and sum(map(len, chunks)) < limit:
+            chunks.append(data)
+        elif not data:
+            loop.remove_reader(fd)
+            if not done.done():
+                done.set_result(b"".join(chunks))
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
+    try:
+        return await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        raise LaunchError(what) from None
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(fd)
+
+
 async def wait_launched(prepared: Prepared) -> None:
     """Raise with the launcher child's own reason if a root-side step failed."""
-    from .sandbox import read_to_eof
-
     try:
         raw = await read_to_eof(prepared.error_r, LAUNCH_TIMEOUT, "the launcher did not finish")
     finally:

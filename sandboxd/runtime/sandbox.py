@@ -208,6 +208,8 @@ class Runtime:
             for step in reversed(done):
                 with contextlib.suppress(Exception):
                     await step.release(spec)
+            with contextlib.suppress(Exception):  # no record will keep it (bwrap's error in it)
+                await blocking.run(self.log_file(spec.id).remove)
             raise
         build.close_transient()
         assert build.live is not None
@@ -548,6 +550,8 @@ class LaunchStep(Step):
                 await _kill(pidfd)
                 os.close(pidfd)
             pump.close()
+            with contextlib.suppress(Exception):
+                await pump.flushed()  # nothing may write the log after the start's release
             raise
         _close_quietly(prepared.info_r)
         live = LiveSandbox(
@@ -591,40 +595,11 @@ async def _kill(pidfd: int, timeout: float = 10.0) -> None:
 
 async def _read_info(info_r: int, pidfd: int) -> int:
     """bwrap's --info-fd JSON; EOF without it means bwrap failed to set up."""
-    raw = await read_to_eof(info_r, START_TIMEOUT, "bwrap did not start in time")
+    raw = await launch.read_to_eof(info_r, START_TIMEOUT, "bwrap did not start in time")
     try:
         return int(json.loads(raw)["child-pid"])
     except (ValueError, KeyError):
         raise LaunchError("bwrap failed before starting the sandbox") from None
-
-
-async def read_to_eof(fd: int, timeout: float, what: str, limit: int = 65536) -> bytes:
-    """Read a pipe on the loop until EOF (at most ``limit`` bytes kept)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[bytes] = loop.create_future()
-    chunks: list[bytes] = []
-
-    def readable() -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if data and sum(map(len, chunks)) < limit:
-            chunks.append(data)
-        elif not data:
-            loop.remove_reader(fd)
-            if not done.done():
-                done.set_result(b"".join(chunks))
-
-    os.set_blocking(fd, False)
-    loop.add_reader(fd, readable)
-    try:
-        return await asyncio.wait_for(done, timeout)
-    except TimeoutError:
-        raise LaunchError(what) from None
-    finally:
-        with contextlib.suppress(ValueError, OSError):
-            loop.remove_reader(fd)
 
 
 async def _wait_exec(init_pid: int, pidfd: int, pump: output.OutputPump) -> None:
