@@ -307,7 +307,7 @@ def test_refused_image_configs(daemon: Daemon, registry: Registry) -> None:
     )
     assert "ghost" in error(resp, 422, "bad-image-user")["message"]
     # the host image still needs a command
-    error(alice.request("POST", "/api/sandboxes", json={}), 400)
+    error(alice.request("POST", "/api/sandboxes", json={}), 400, "no-command")
     assert holds(daemon, ref(registry, "ghost")) == 0
 
 

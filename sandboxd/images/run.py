@@ -84,7 +84,9 @@ def apply(
     if resolved is None:
         command = (override or ()) + spec.command
         if not command:
-            raise InvalidRequest("command: expected a non-empty list of strings")
+            raise InvalidRequest(
+                "command: the host image has no Cmd; give a command", reason="no-command"
+            )
         return dataclasses.replace(spec, command=command)
     config = resolved.config
     if override is not None:
