@@ -115,6 +115,7 @@ class Reason(StrEnum):
     MAX_NETWORKS = "max-networks"
     MAX_WEBSOCKETS = "max-websockets"
     STDIN_FULL = "stdin-full"  # the close reason of an attach whose stdin buffer filled up
+    KERNEL_NOT_READING = "kernel-not-reading"  # a kernel channel closed: the kernel takes nothing
     MEMORY_QUOTA = "memory-quota"
     CPU_QUOTA = "cpu-quota"
     PROFILE_LIMIT = "profile-limit"

@@ -63,7 +63,7 @@ KINDS = ("sandbox", "kernel", "server")
 START_OUTCOMES = ("success", "failure", "refused")
 EXIT_OUTCOMES = ("success", "error", "oom_killed")
 KERNEL_EVENTS = ("started", "stopped", "culled", "failed", "restarted", "died", "oom_killed")
-DROP_REASONS = ("bad-signature", "malformed")
+DROP_REASONS = ("bad-signature", "malformed", "rate-limited", "unrouted", "too-large")
 RESOURCE_REASONS = (
     Reason.ZMQ_SOCKETS,
     Reason.MAX_WEBSOCKETS,

@@ -74,7 +74,7 @@ class Sandboxd:
         self._tasks: list[asyncio.Task[Any]] = []
         self.exit_listeners: list[Any] = []
         self.releasing: dict[str, asyncio.Task[None]] = {}
-        self.joins: dict[str, tuple[str, str]] = {}  # sandbox → (target id, "pid:N")
+        self.joins: dict[str, tuple[str, str]] = {}  # sandbox → (target id, "fd:N" of a pidfd)
 
     # start-up --------------------------------------------------------------------------------
 
@@ -298,8 +298,11 @@ class Sandboxd:
             # again, after the awaits above: from here to the insert nothing awaits
             quota, _ = self.quota_for(owner.name)
             admission.check_quota(owner.name, quota, self.usage(owner.name), spec.limits, kind)
-            if spec.network.startswith("container:"):
-                self._resolve_join(spec)
+            if spec.network.startswith("container:") and self._find_ref(spec) is None:
+                raise NotFound(
+                    f"network {spec.network}: no running sandbox of yours by that name",
+                    reason="unknown-sandbox",
+                )
         except SandboxdError as exc:
             if isinstance(exc, Refused):
                 metrics.admission_refused(owner.name, exc.reason)
@@ -327,16 +330,18 @@ class Sandboxd:
         self.store.insert_sandbox(rec)
         faults.point("create:admitted")
         try:
+            if spec.network.startswith("container:"):
+                self._resolve_join(spec)
             live = await self.runtime.start(
                 spec, user_limits=_user_limits(quota), run_dirs=run_dirs
             )
         except BaseException as exc:
-            self.joins.pop(spec.id, None)
+            self._forget_join(spec.id)
             outcome = "refused" if isinstance(exc, Refused) else "failure"
             metrics.observe_start(kind, outcome, time.monotonic() - began)
             self.store.delete_sandbox(spec.id)
             raise
-        self.joins.pop(spec.id, None)
+        self._forget_join(spec.id)
         metrics.observe_start(kind, "success", time.monotonic() - began)
         rec.state, rec.pid, rec.started = "running", live.pid, live.started
         self.store.update_sandbox(spec.id, state="running", pid=live.pid, started=live.started)
@@ -403,6 +408,10 @@ class Sandboxd:
             log.info("removing exited sandbox %s of %s: retention limit", old.id, user)
             await self._forget(SandboxSpec.from_json(old.spec))
 
+    def _find_ref(self, spec: SandboxSpec) -> SandboxRecord | None:
+        rec = self.store.find_sandbox(spec.network.split(":", 1)[1], spec.user)
+        return rec if rec is not None and rec.id in self.runtime.live else None
+
     def _resolve_join(self, spec: SandboxSpec) -> None:
         """``network = container:<ref>``: find the running sandbox on the loop, before the net
         lane needs it (the net lane does not touch the loop's state)."""
@@ -415,12 +424,20 @@ class Sandboxd:
         self.joins[spec.id] = found
 
     def _find_running(self, user: str, ref: str) -> tuple[str, str] | None:
-        """(id, netns path) of a running sandbox of ``user``, for network container:<ref>."""
+        """(id, "fd:N") of a running sandbox of ``user``, for network container:<ref>: N is a
+        duplicate of the pidfd the daemon took when that sandbox started, so joining its network
+        namespace can only ever reach that process (a pid reused meanwhile cannot be)."""
         rec = self.store.find_sandbox(ref, user)
         live = self.runtime.live.get(rec.id) if rec else None
-        if rec is None or live is None:
+        if rec is None or live is None or live.pidfd is None:
             return None
-        return rec.id, f"pid:{live.pid}"
+        return rec.id, f"fd:{os.dup(live.pidfd)}"
+
+    def _forget_join(self, sid: str) -> None:
+        found = self.joins.pop(sid, None)
+        if found is not None:
+            with contextlib.suppress(OSError):
+                os.close(int(found[1][3:]))
 
     def lookup(self, actor: User, ref: str) -> SandboxRecord:
         rec = self.store.find_sandbox(ref, None if actor.admin else actor.name)
@@ -621,8 +638,9 @@ def _require_admin(actor: User) -> None:
 
 
 def _user_limits(quota: Quota) -> Limits:
-    """The user-level cgroup carries the user's aggregate quota, enforced by the kernel."""
-    return Limits(cpus=quota.cpus, memory=quota.memory)
+    """The user-level cgroup carries the user's aggregate quota, enforced by the kernel: all of
+    a user's sandboxes together never hold more memory, CPU or tasks than it grants."""
+    return Limits(cpus=quota.cpus, memory=quota.memory, pids=quota.pids)
 
 
 def _logs_model(records: list[output.Record], tail: int | None) -> dict[str, Any]:

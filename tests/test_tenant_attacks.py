@@ -529,3 +529,112 @@ def test_noisy_neighbour_is_contained(td: Daemon) -> None:
         remove_all(bob)
         remove_all(alice)
     assert_consistent(td)
+
+
+# -- found by the red team: a kernel's own sockets as a weapon ----------------------------------
+
+BIG_IOPUB = """
+import time, zmq
+k = get_ipython().kernel
+big = zmq.Frame(b"x" * (64 << 20))
+t0 = time.time()
+while time.time() - t0 < {seconds}:
+    k.iopub_socket.send_multipart(
+        [b"<IDS|MSG>", b"0" * 64, b'{{"msg_type":"stream"}}', b"{{}}", b"{{}}", big], copy=False
+    )
+    time.sleep(0.2)
+print("sent")
+"""
+
+
+def test_oversized_kernel_messages_neither_stall_nor_grow_the_daemon(td: Daemon) -> None:
+    """A kernel publishes 64 MiB messages (over the 16 MiB limit), again and again: another
+    user keeps getting answers, the daemon's memory does not follow, and the kernel still
+    works for its own user afterwards (ZMQ dropped the oversized messages, not the kernel)."""
+    mallory, other = td.user("mallory"), td.user("otto")
+    kernel = mallory.call("POST", "/api/kernels", expect=201, json={"env": {"KERNEL_MEMORY": "1g"}})
+    ws = ws_connect(td, mallory, kernel["id"])
+    before = rss_bytes(td.proc.pid)
+    try:
+        from test_kernel_fixtures import message, send
+
+        msg = message(
+            "execute_request",
+            {
+                "code": BIG_IOPUB.format(seconds=8),
+                "silent": False,
+                "store_history": False,
+                "user_expressions": {},
+                "allow_stdin": False,
+            },
+        )
+        send(ws, msg, False)
+        deadline = time.monotonic() + 10
+        peak = before
+        while time.monotonic() < deadline:
+            answers(other)
+            peak = max(peak, rss_bytes(td.proc.pid))
+            time.sleep(0.2)
+        assert peak - before < 256 << 20, (before, peak)
+        reply, iopub = execute(ws, "print('still here')", timeout=60)
+        assert "still here" in stdout_of(iopub)
+    finally:
+        ws.close()
+        mallory.call("DELETE", f"/api/kernels/{kernel['id']}", expect=204)
+
+
+def test_a_client_flooding_a_stopped_kernel_is_cut_off(td: Daemon) -> None:
+    """The kernel stops itself (SIGSTOP), then its client sends 8 MiB frames without end:
+    the daemon holds a bounded amount for it and closes that WebSocket with 1013."""
+    mallory, other = td.user("mallory"), td.user("otto")
+    kernel = start_kernel(mallory)
+    ws = ws_connect(td, mallory, kernel["id"])
+    before = rss_bytes(td.proc.pid)
+    try:
+        from test_kernel_fixtures import message, send
+
+        send(
+            ws,
+            message(
+                "execute_request",
+                {
+                    "code": "import os, signal; os.kill(os.getpid(), signal.SIGSTOP)",
+                    "silent": True,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                },
+            ),
+            False,
+        )
+        time.sleep(1)
+        blob = "x" * (8 << 20)
+        closed = None
+        for _ in range(200):
+            try:
+                send(
+                    ws,
+                    message(
+                        "execute_request",
+                        {
+                            "code": blob,
+                            "silent": True,
+                            "store_history": False,
+                            "user_expressions": {},
+                            "allow_stdin": False,
+                        },
+                    ),
+                    False,
+                )
+            except (websocket.WebSocketException, OSError):
+                closed = "send failed"
+                break
+            answers(other)
+        if closed is None:
+            code, reason = close_frame(ws)
+            assert code == 1013, (code, reason)
+        assert rss_bytes(td.proc.pid) - before < 512 << 20
+        assert metric(td, "sandboxd_resource_refusals_total", 'reason="kernel-not-reading"') >= 1
+    finally:
+        ws.close()
+        mallory.call("DELETE", f"/api/kernels/{kernel['id']}", expect=204)

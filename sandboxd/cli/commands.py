@@ -248,12 +248,13 @@ def cmd_quota_get(client: Client, args: argparse.Namespace) -> int:
 
 def quota_request(args: argparse.Namespace) -> Json:
     body: Json = {}
-    for field in ("max_sandboxes", "max_kernels", "memory", "cpus"):
+    for field in ("max_sandboxes", "max_kernels", "memory", "cpus", "pids"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
     if not body:
         raise UsageError(
-            "quota set: give at least one of --max-sandboxes, --max-kernels, --memory, --cpus"
+            "quota set: give at least one of --max-sandboxes, --max-kernels, --memory, --cpus, "
+            "--pids"
         )
     return body
 

@@ -143,6 +143,7 @@ def _add_quota(sub: Any) -> None:
     p.add_argument("--max-kernels", type=int)
     p.add_argument("--memory", help="e.g. 8g")
     p.add_argument("--cpus", type=float)
+    p.add_argument("--pids", type=int, help="processes of all the user's sandboxes together")
     _json_flag(p)
     p = _command(qsub, "reset", c.cmd_quota_reset, "back to the quota from the config")
     p.add_argument("user")

@@ -165,6 +165,7 @@ def quota_table(model: Json) -> str:
         ["kernels", _limit(usage.get("kernels")), _limit(quota.get("max_kernels"))],
         ["memory", _limit(usage.get("memory"), True), _limit(quota.get("memory"), True)],
         ["cpus", _limit(usage.get("cpus")), _limit(quota.get("cpus"))],
+        ["pids", "-", _limit(quota.get("pids"))],
     ]
     title = f"user {model.get('user', '?')} (quota from {model.get('source', '?')})"
     return title + "\n" + format_table(("RESOURCE", "USAGE", "QUOTA"), rows)

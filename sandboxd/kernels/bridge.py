@@ -1,27 +1,25 @@
-"""One WebSocket client of a kernel: its framing, and its own shell/control/stdin sockets.
+"""One WebSocket client of a kernel: its framing, and its requests to the kernel's channels.
 
 Transport-free: the WebSocket handler gives ``send`` (write one frame) and ``close``; the
 kernel manager attaches the client to the current kernel process and re-attaches it after a
 restart, so a client stays connected across restarts and sees ``dead`` when the kernel dies.
+The kernel's sockets are shared by all its clients (``KernelChannels``); replies come back to
+the client that sent the request, and ``input_request`` to the one whose cell asks.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .. import metrics
 from . import wire
 from .channels import KernelChannels
-from .zsocket import ZSocket
 
 log = logging.getLogger("sandboxd.kernels")
 
 Send = Callable[[bytes | str, bool], None]
-DEALER_CHANNELS = ("shell", "control", "stdin")
 
 
 class ClientConnection:
@@ -38,9 +36,7 @@ class ClientConnection:
         self.send = send
         self.close = close
         self.session_id = session_id
-        self.identity = uuid.uuid4().bytes
-        self.streams: dict[str, ZSocket] = {}
-        self.signer: wire.Signer | None = None
+        self.chans: KernelChannels | None = None
 
     # kernel -> client -------------------------------------------------------------------------
 
@@ -63,20 +59,6 @@ class ClientConnection:
     def deliver_parts(self, parts: wire.Parts) -> None:
         self.deliver(parts.channel, [*parts.frames(), *parts.buffers])
 
-    def _on_reply(self, channel: str, signer: wire.Signer) -> Callable[[list[bytes]], None]:
-        def on_recv(msg: list[bytes]) -> None:
-            try:
-                _, body = signer.verified(msg)
-            except wire.BadSignature:
-                metrics.kernel_message_dropped("bad-signature")
-                return
-            except wire.BadFrame:
-                metrics.kernel_message_dropped("malformed")
-                return
-            self.deliver(channel, body)
-
-        return on_recv
-
     # client -> kernel -------------------------------------------------------------------------
 
     def parse(self, frame: bytes | str) -> wire.Parts:
@@ -85,25 +67,20 @@ class ClientConnection:
         return wire.from_legacy(frame)
 
     def forward(self, parts: wire.Parts) -> bool:
-        """Send to the kernel; False when no kernel process is attached (dead or restarting)."""
-        stream = self.streams.get(parts.channel)
-        if stream is None or self.signer is None:
+        """Send to the kernel; False when no kernel process is attached (dead or restarting).
+        Raises ``Backpressure`` when the kernel stopped reading."""
+        if self.chans is None:
             return False
-        stream.send_multipart(self.signer.to_zmq(parts))
+        self.chans.send(parts, self.deliver)
         return True
 
     # attachment -------------------------------------------------------------------------------
 
     def attach(self, chans: KernelChannels) -> None:
         self.detach()
-        self.signer = chans.signer
-        for channel in DEALER_CHANNELS:
-            stream = chans.dealer(channel, self.identity)
-            stream.on_recv(self._on_reply(channel, chans.signer))
-            self.streams[channel] = stream
+        self.chans = chans
 
     def detach(self) -> None:
-        for stream in self.streams.values():
-            stream.close()
-        self.streams.clear()
-        self.signer = None
+        if self.chans is not None:
+            self.chans.forget(self.deliver)
+            self.chans = None

@@ -22,21 +22,25 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import os
 import stat
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import zmq
 
 from .. import metrics
-from ..errors import LaunchError, ResourcesExhausted
+from ..errors import LaunchError, ResourcesExhausted, SandboxdError
 from ..runtime import safefs
 from ..service import iso
 from . import wire
 from .zsocket import ZSocket
+
+log = logging.getLogger("sandboxd.kernels")
 
 CONNECTION_FILE = "connection.json"
 PORTS = {"shell": 1, "iopub": 2, "stdin": 3, "control": 4, "hb": 5}
@@ -44,8 +48,16 @@ USED = ("shell", "iopub", "stdin", "control")  # the daemon never pings hb
 KERNEL_DIR = "/run/kernel"  # inside the sandbox
 SOCKET_PREFIX = "kernel-ipc"
 RECONNECT_IVL_MS = 5
-MAX_SOCKETS = 65536  # ZMQ's own limit (default 1023), sized with the WebSocket limits
+MAX_SOCKETS = 65536  # ZMQ's own limit (default 1023); a kernel uses four
 FD_GRACE_SECONDS = 5.0
+DEALER_CHANNELS = ("shell", "control", "stdin")
+MAX_MESSAGE = 16 << 20  # bytes of one message from a kernel (the WebSocket frame limit too)
+OUTPUT_RATE = 32 << 20  # bytes per second a kernel's messages may cost the daemon
+IOPUB_HWM = 64  # messages ZMQ holds for us per socket: we drain as they come
+DEALER_HWM = 16
+SEND_HWM = 8  # messages queued to a kernel that does not read; then ZSocket's pending bound
+MAX_ROUTES = 4096  # requests whose replies are still awaited, per kernel
+REOPEN_DELAY = 0.05  # seconds before a socket ZMQ dropped is made again
 
 
 def configure_zmq() -> None:
@@ -144,29 +156,122 @@ def status_message(state: str, session: str = "sandboxd") -> wire.Parts:
     return wire.Parts("iopub", h, b"{}", b"{}", json.dumps({"execution_state": state}).encode(), [])
 
 
+def stream_message(text: str, name: str = "stderr") -> wire.Parts:
+    """An iopub ``stream`` message made by the daemon (to tell clients about dropped output)."""
+    h = json.dumps(header("stream", "sandboxd")).encode()
+    content = json.dumps({"name": name, "text": text}).encode()
+    return wire.Parts("iopub", h, b"{}", b"{}", content, [])
+
+
 class KernelChannels:
-    """Connections to one running kernel process, through fds of its socket inodes."""
+    """Connections to one running kernel process, through fds of its socket inodes.
+
+    One socket per channel for the whole kernel, whatever the number of clients: the shell,
+    control and stdin DEALERs are shared, and a reply goes to the client whose request its
+    ``parent_header.msg_id`` names (``routes``, bounded). So a kernel costs the daemon four ZMQ
+    sockets, not three per WebSocket. Every socket refuses messages over ``max_message``
+    (ZMQ drops the peer), holds at most a few of them, and every byte from the kernel counts
+    against the kernel's ``rate`` (a token bucket): beyond it, messages are read and dropped
+    unhashed, so a kernel flooding its output costs the loop little and the daemon no memory.
+    """
 
     def __init__(
-        self, sockets: dict[str, int], key: bytes, on_iopub: Callable[[list[bytes]], None]
+        self,
+        sockets: dict[str, int],
+        key: bytes,
+        on_iopub: Callable[[list[bytes]], None],
+        *,
+        max_message: int = MAX_MESSAGE,
+        rate: int = OUTPUT_RATE,
+        on_trouble: Callable[[str], None] = lambda text: None,
     ):
         self.sockets = sockets  # channel -> O_PATH fd, owned (closed) by this object
         self.signer = wire.Signer(key)
         self.context = zmq.Context.instance()
+        self.max_message = max_message
+        self.rate = float(rate)
+        self.tokens = float(rate)
+        self.stamp = time.monotonic()
+        self.routes: OrderedDict[bytes, Callable[[str, list[bytes]], None]] = OrderedDict()
         self.closed = False
+        self.on_iopub = on_iopub
+        self.on_trouble = on_trouble
+        self.identity = uuid.uuid4().bytes
+        self.streams: dict[str, ZSocket] = {}
+        self.monitors: dict[str, ZSocket] = {}
+        self.reopening: set[str] = set()
         try:
-            sub = self._socket(zmq.SUB, "iopub")
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            for channel in ("iopub", *DEALER_CHANNELS):
+                self._open(channel)
         except BaseException:
-            self._close_fds()
+            self.close()
             raise
-        self.iopub = ZSocket(sub)
-        self.iopub.on_recv(on_iopub)
+
+    @property
+    def iopub(self) -> ZSocket:
+        return self.streams["iopub"]
+
+    @property
+    def dealers(self) -> dict[str, ZSocket]:
+        return {c: s for c, s in self.streams.items() if c != "iopub"}
+
+    def _open(self, channel: str) -> None:
+        """The socket for ``channel`` with a monitor: ZMQ drops a peer that sent a message over
+        ``max_message`` and does not reconnect on its own, so the monitor's disconnect event
+        makes a fresh socket (``_reopen``) and the kernel's clients hear why."""
+        if channel == "iopub":
+            sock = self._socket(zmq.SUB, channel, rcvhwm=IOPUB_HWM)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            callback: Callable[[list[bytes]], None] = self._on_iopub
+        else:
+            sock = self._socket(zmq.DEALER, channel, self.identity, rcvhwm=DEALER_HWM)
+            callback = self._on_reply(channel)
+        monitor = ZSocket(sock.get_monitor_socket(zmq.EVENT_DISCONNECTED))
+        stream = ZSocket(sock)
+        self.streams[channel], self.monitors[channel] = stream, monitor
+        monitor.on_recv(lambda event: self._disconnected(channel))
+        stream.on_recv(callback)
+
+    def _on_iopub(self, msg: list[bytes]) -> None:
+        if self.admit(msg):
+            self.on_iopub(msg)
+
+    def _disconnected(self, channel: str) -> None:
+        if self.closed or channel in self.reopening:
+            return
+        self.reopening.add(channel)
+        metrics.kernel_message_dropped("too-large")
+        self.on_trouble(
+            f"[sandboxd: a message from the kernel on {channel} was over the "
+            f"{self.max_message >> 20} MiB limit and was dropped]\n"
+        )
+        asyncio.get_running_loop().call_later(REOPEN_DELAY, self._reopen, channel)
+
+    def _reopen(self, channel: str) -> None:
+        self.reopening.discard(channel)
+        if self.closed:
+            return
+        self._close_channel(channel)
+        try:
+            self._open(channel)
+        except SandboxdError as exc:
+            log.error("reopening %s to a kernel: %s", channel, exc.message)
+
+    def _close_channel(self, channel: str) -> None:
+        monitor, stream = self.monitors.pop(channel, None), self.streams.pop(channel, None)
+        if stream is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                stream.socket.disable_monitor()
+            stream.close()
+        if monitor is not None:
+            monitor.close()
 
     def url(self, channel: str) -> str:
         return f"ipc:///proc/self/fd/{self.sockets[channel]}"
 
-    def _socket(self, kind: int, channel: str, identity: bytes | None = None) -> zmq.Socket:
+    def _socket(
+        self, kind: int, channel: str, identity: bytes | None = None, rcvhwm: int = 16
+    ) -> zmq.Socket:
         try:
             sock = self.context.socket(kind)
         except zmq.ZMQError as exc:
@@ -176,46 +281,97 @@ class KernelChannels:
             ) from None
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         if identity is not None:
             sock.setsockopt(zmq.IDENTITY, identity)
         sock.connect(self.url(channel))
         return sock
 
-    def dealer(self, channel: str, identity: bytes) -> ZSocket:
-        return ZSocket(self._socket(zmq.DEALER, channel, identity))
+    # -- from the kernel -------------------------------------------------------------------
+
+    def admit(self, msg: list[bytes]) -> bool:
+        """Charge a message from the kernel to its byte budget; False: drop it unread."""
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        size = sum(len(f) for f in msg)
+        if size > self.tokens:
+            metrics.kernel_message_dropped("rate-limited")
+            return False
+        self.tokens -= size
+        return True
+
+    def _on_reply(self, channel: str) -> Callable[[list[bytes]], None]:
+        def on_recv(msg: list[bytes]) -> None:
+            if not self.admit(msg):
+                return
+            try:
+                _, body = self.signer.verified(msg)
+                parent = json.loads(body[1]).get("msg_id", "")
+            except wire.BadSignature:
+                metrics.kernel_message_dropped("bad-signature")
+                return
+            except (wire.BadFrame, ValueError, AttributeError):
+                metrics.kernel_message_dropped("malformed")
+                return
+            deliver = self.routes.get(str(parent).encode())
+            if deliver is None:
+                metrics.kernel_message_dropped("unrouted")
+                return
+            deliver(channel, body)
+
+        return on_recv
+
+    # -- to the kernel ---------------------------------------------------------------------
+
+    def send(self, parts: wire.Parts, deliver: Callable[[str, list[bytes]], None]) -> None:
+        """Sign and send a client's message; replies to it go to ``deliver``. Raises
+        ``Backpressure`` when the kernel stopped taking messages."""
+        dealer = self.dealers.get(parts.channel)
+        if dealer is None:
+            raise wire.BadFrame(f"no channel {parts.channel!r} to the kernel")
+        try:
+            msg_id = str(json.loads(parts.header).get("msg_id", ""))
+        except (ValueError, AttributeError):
+            raise wire.BadFrame("the header is not a JSON object") from None
+        if msg_id:
+            self.routes[msg_id.encode()] = deliver
+            self.routes.move_to_end(msg_id.encode())
+            while len(self.routes) > MAX_ROUTES:
+                self.routes.popitem(last=False)
+        dealer.send_multipart(self.signer.to_zmq(parts))
+
+    def forget(self, deliver: Callable[[str, list[bytes]], None]) -> None:
+        """A client went away: its pending replies have nowhere to go."""
+        for msg_id in [m for m, d in self.routes.items() if d == deliver]:
+            del self.routes[msg_id]
 
     async def kernel_info(self, exited: asyncio.Future[Any], timeout: float) -> dict[str, Any]:
         """Ask for ``kernel_info`` until the kernel answers: the kernel is ready when it does."""
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[list[bytes]] = loop.create_future()
-        stream = self.dealer("shell", uuid.uuid4().bytes)
 
-        def on_reply(msg: list[bytes]) -> None:
-            try:
-                self.signer.verified(msg)
-            except wire.BadFrame:
-                metrics.kernel_message_dropped("bad-signature")
-                return
+        def on_reply(channel: str, body: list[bytes]) -> None:
             if not reply.done():
-                reply.set_result(msg)
+                reply.set_result(body)
 
-        stream.on_recv(on_reply)
         h = json.dumps(header("kernel_info_request", "sandboxd")).encode()
-        stream.send_multipart(self.signer.to_zmq(wire.Parts("shell", h, b"{}", b"{}", b"{}", [])))
+        self.send(wire.Parts("shell", h, b"{}", b"{}", b"{}", []), on_reply)
         try:
             done, _ = await asyncio.wait(
                 {reply, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if reply in done:
-                _, body = wire.split_zmq(reply.result())
-                return json.loads(body[3])
+                return json.loads(reply.result()[3])
             if exited in done:
                 raise LaunchError("the kernel exited during start-up", reason="kernel-died")
             raise LaunchError(
                 f"the kernel did not answer within {timeout:g}s", reason="kernel-timeout"
             )
         finally:
-            stream.close()
+            self.forget(on_reply)
             if not reply.done():
                 reply.cancel()
 
@@ -230,8 +386,9 @@ class KernelChannels:
         its own thread, and a reconnect racing that must not find the fd number reused."""
         if not self.closed:
             self.closed = True
-            if hasattr(self, "iopub"):
-                self.iopub.close()
+            for channel in list(self.streams):
+                self._close_channel(channel)
+            self.routes.clear()
             try:
                 asyncio.get_running_loop().call_later(FD_GRACE_SECONDS, self._close_fds)
             except RuntimeError:

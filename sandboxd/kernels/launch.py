@@ -103,7 +103,7 @@ async def start_kernel_sandbox(
 ) -> tuple[KernelProcess, channels.KernelChannels]:
     """Start a kernel for (user, kernelspec, env); ready to take messages when it returns.
 
-    ``on_iopub`` is attached later by the caller through ``KernelChannels.iopub.on_recv``.
+    The caller sets ``KernelChannels.on_iopub`` (and ``on_trouble``) once it holds the kernel.
     """
     rec, live = await sbx.create(
         actor,

@@ -30,6 +30,7 @@ from . import channels, specs, wire
 from .bridge import ClientConnection
 from .launch import KernelProcess, connect, new_key, start_kernel_sandbox
 from .request import KernelRequest, parse
+from .zsocket import Backpressure
 
 log = logging.getLogger("sandboxd.kernels")
 
@@ -146,7 +147,8 @@ class KernelManager:
     def _attach(self, kernel: Kernel, proc: KernelProcess, chans: channels.KernelChannels) -> None:
         kernel.process, kernel.chans = proc, chans
         self.by_sandbox[proc.sandbox_id] = kernel.id
-        chans.iopub.on_recv(lambda msg: self._on_iopub(kernel, msg))
+        chans.on_iopub = lambda msg: self._on_iopub(kernel, msg)
+        chans.on_trouble = lambda text: self._broadcast(kernel, channels.stream_message(text))
         kernel.execution_state, kernel.reason = "idle", ""
         self.touch(kernel)
         for client in kernel.clients:
@@ -292,7 +294,13 @@ class KernelManager:
             log.warning("kernel %s: dropped a bad frame: %s", kernel.id, exc)
             return
         kernel.last_activity = time.time()
-        client.forward(parts)
+        try:
+            client.forward(parts)
+        except wire.BadFrame as exc:
+            log.warning("kernel %s: dropped a bad frame: %s", kernel.id, exc)
+        except Backpressure:
+            metrics.resource_refusal("kernel-not-reading")
+            client.close(1013, "the kernel does not take messages; try again later")
 
     def _broadcast(self, kernel: Kernel, parts: wire.Parts) -> None:
         for client in list(kernel.clients):

@@ -119,6 +119,9 @@ class Quota(Model):
     max_kernels: count(0) = Field(10, description="kernels running at once")
     memory: size() = Field(16 * G, description="memory of all running sandboxes together")
     cpus: PositiveFloat = Field(8.0, description="cores of all running sandboxes together")
+    pids: count(64) = Field(
+        4096, description="processes and threads of all running sandboxes together"
+    )
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump()
@@ -131,6 +134,7 @@ class QuotaPatch(Model):
     max_kernels: count(0) | None = None
     memory: size() | None = None
     cpus: PositiveFloat | None = None
+    pids: count(64) | None = None
 
     def over(self, base: Quota) -> Quota:
         return base.model_copy(update=self.model_dump(exclude_none=True))

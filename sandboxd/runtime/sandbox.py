@@ -326,10 +326,7 @@ class Runtime:
     async def stop(self, live: LiveSandbox, grace: float) -> Exit:
         """SIGTERM the command, wait ``grace`` seconds, then kill the whole cgroup."""
         live.stopping = True
-        pid = live.command_pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        self.signal_command(live, signal.SIGTERM)
         try:
             return await asyncio.wait_for(asyncio.shield(live.exited), grace)
         except TimeoutError:
@@ -338,14 +335,26 @@ class Runtime:
             return await asyncio.wait_for(asyncio.shield(live.exited), 15)
 
     def signal_command(self, live: LiveSandbox, signum: int) -> bool:
-        pid = live.command_pid()
-        if pid is None:
+        """Signal the sandbox's command, never a stranger that took a pid meanwhile: each pid
+        on the way (init, then the command) is pinned with a pidfd and then checked to still be
+        the child of the process above it, starting from the outer bwrap we watch."""
+        if live.pidfd is None or live.init_pid is None or _ended(live.pidfd):
             return False
+        fds: list[int] = []
         try:
-            os.kill(pid, signum)
+            for parent, pid in ((live.pid, live.init_pid), (live.init_pid, live.command_pid())):
+                if pid is None:
+                    return False
+                fds.append(os.pidfd_open(pid))
+                if _first_child(parent) != pid:
+                    return False
+            signal.pidfd_send_signal(fds[-1], signum)
+            return True
         except ProcessLookupError:
             return False
-        return True
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     async def root_fd(self, live: LiveSandbox) -> int:
         """An O_PATH fd of the sandbox's own ``/`` (for ``safefs.open_in_root``).
@@ -475,9 +484,10 @@ class NetworkStep(Step):
 
 def _open_netns(path: str) -> int:
     """The netns to join: a file the daemon made (/run/netns/…) or, for ``container:<id>``,
-    a pidfd of that sandbox's process (setns on a pidfd: no pid-reuse race)."""
-    if path.startswith("pid:"):
-        return os.pidfd_open(int(path[4:]))
+    ``fd:N``, a pidfd of that sandbox's process taken when it started (setns on a pidfd: no
+    pid-reuse race; a process that ended makes setns fail)."""
+    if path.startswith("fd:"):
+        return os.dup(int(path[3:]))
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
