@@ -68,6 +68,7 @@ class Reason(StrEnum):
     BAD_WORKDIR = "bad-workdir"
     BAD_ENV = "bad-env"
     BAD_DEVICE = "bad-device"
+    BAD_SIZE = "bad-size"
     BAD_VOLUME = "bad-volume"
     BAD_VOLUME_TARGET = "bad-volume-target"
     BAD_PORT = "bad-port"

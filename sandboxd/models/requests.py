@@ -149,6 +149,12 @@ class SandboxCreate(Model):
         "network": Reason.BAD_NETWORK,
         "ports": Reason.BAD_PORT,
         "volumes": Reason.BAD_VOLUME,
+        # a size written as a string ("103", "1k") can be below the minimum, which the
+        # document cannot say for strings: refused with a reason of its own, like volumes
+        "memory": Reason.BAD_SIZE,
+        "swap": Reason.BAD_SIZE,
+        "disk": Reason.BAD_SIZE,
+        "entrypoint": Reason.BAD_ENTRYPOINT,
     }
 
     command: Annotated[list[Text], AfterValidator(_command_size)] = Field(
@@ -224,6 +230,7 @@ class LimitsUpdate(Model):
     """``PATCH /api/sandboxes/{ref}``: new limits of a running sandbox (at least one)."""
 
     model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+    reasons: ClassVar[dict[str, Reason]] = {"memory": Reason.BAD_SIZE}
 
     cpus: Cpus | None = None
     memory: size(4 << 20) | None = None
