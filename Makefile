@@ -29,7 +29,7 @@ apt-test:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_APT_PKGS); \
 	fi
 
-# OCI images built from Debian packages (busybox; python3-ipykernel in 4 layers), cached in
+# OCI images built from Debian packages (busybox; python3-ipykernel in 4 layers; jupyterhub), cached in
 # $(TEST_CACHE) outside the repo: the only step that needs the Debian mirror; tests read the cache
 test-images: apt-test
 	tests/fixtures/build-images.sh $(TEST_CACHE)

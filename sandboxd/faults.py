@@ -14,6 +14,7 @@ import signal
 
 POINTS = (
     "create:admitted",
+    "create:image",
     "create:rundir",
     "create:volumes",
     "create:network",

@@ -20,10 +20,12 @@ from typing import Any
 from . import __version__, admission, blocking, faults, metrics, volumes
 from .config import Config, Quota, parse_quota
 from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Reason, Refused, SandboxdError
+from .images import run as image_run
+from .images.manager import ImageManager
 from .models.requests import LimitsUpdate, UserCreate
 from .models.types import validate
 from .network.manager import Attached, NetworkManager
-from .runtime import output
+from .runtime import idmap, output
 from .runtime.plan import RunDir
 from .runtime.sandbox import Exit, LiveSandbox, Runtime
 from .spec import Limits, SandboxSpec
@@ -57,6 +59,7 @@ class Sandboxd:
             config.tenant_uid_count,
         )
         self.networks = NetworkManager(lambda: self.config, self.store.db, self.store.connect())
+        self.images = ImageManager(config.state_dir, lambda: self.config.images)
         self.runtime = Runtime(
             instance=config.instance,
             run_dir=config.run_dir,
@@ -66,6 +69,8 @@ class Sandboxd:
             log_max_bytes=config.log_max_bytes,
             log_rate=config.log_rate_bytes,
             stdin_buffer=config.attach_stdin_buffer,
+            images=self.images,
+            id_span=min(idmap.SPAN, config.tenant_uid_base),
         )
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -112,8 +117,14 @@ class Sandboxd:
             await blocking.run(self.runtime.remove_orphan, user, sid)
         running = {r.id for r in self.store.list_sandboxes(states=("running",))}
         await blocking.run_net(self.networks.restore, running)
+        await self.images.store.empty_trash()  # what the store's repair set aside at start
+        for sid in self.images.store.holds():  # holds of sandboxes that ended while we were down
+            if sid not in self.runtime.live:
+                log.info("releasing the image hold of %s: the sandbox is gone", sid)
+                self.images.release(sid)
 
     def start_background(self) -> None:
+        self.runtime.idmap.start()  # probed once now, so the log says early if images can run
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._housekeeping()))
         self._tasks.append(loop.create_task(self._watch_loop()))
@@ -130,6 +141,7 @@ class Sandboxd:
         for task in self._tasks:
             task.cancel()
         self.runtime.launcher.close()  # it exits; the sandboxes it launched keep running
+        await self.images.close()
         self.store.close()
 
     async def _housekeeping(self) -> None:
@@ -286,14 +298,22 @@ class Sandboxd:
             )
             quota, _ = self.quota_for(owner.name)
             admission.check_quota(owner.name, quota, self.usage(owner.name), spec.limits, kind)
+            # the image: resolved, pulled on first use if allowed, its config applied
+            may_pull = actor.admin or self.config.profile(spec.profile).allow_pull
+            spec = await image_run.prepare(self.images, spec, body, may_pull=may_pull)
+            # again, after the awaits above: from here to the insert nothing awaits
+            quota, _ = self.quota_for(owner.name)
+            admission.check_quota(owner.name, quota, self.usage(owner.name), spec.limits, kind)
             if spec.network.startswith("container:") and self._find_ref(spec) is None:
                 raise NotFound(
                     f"network {spec.network}: no running sandbox of yours by that name",
                     reason="unknown-sandbox",
                 )
-        except Refused as exc:
-            metrics.admission_refused(owner.name, exc.reason)
-            metrics.observe_start(kind, "refused", time.monotonic() - began)
+        except SandboxdError as exc:
+            if isinstance(exc, Refused):
+                metrics.admission_refused(owner.name, exc.reason)
+            outcome = "refused" if isinstance(exc, Refused) else "failure"
+            metrics.observe_start(kind, outcome, time.monotonic() - began)
             raise
         # the "created" record counts in usage() from here on; admission and the insert run
         # with no await between them, so concurrent starts cannot overshoot a quota
@@ -558,6 +578,7 @@ class Sandboxd:
             "command": spec["command"],
             "profile": spec["profile"],
             "image": spec["image"],
+            "image_id": spec.get("image_id") or None,
             "limits": spec["limits"],
             "uid": spec["uid"],
             "pid": rec.pid if rec.state == "running" else None,

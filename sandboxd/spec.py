@@ -73,6 +73,19 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class Guest:
+    """Who the command runs as *inside* the sandbox. On the host it is always the tenant's own
+    uid; for an OCI image this is the image's user (``images/guest.py``), whose files the
+    image's layers are idmapped to the tenant for. Never root: an image whose user is root
+    runs as 1000 (``jovyan``) like the built-in image."""
+
+    uid: int = 1000
+    gid: int = 1000
+    name: str = "jovyan"
+    home: str = "/home/jovyan"
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """Everything needed to build one sandbox; made once by admission, then only read."""
 
@@ -83,7 +96,9 @@ class SandboxSpec:
     command: tuple[str, ...]
     kind: str = "sandbox"  # "sandbox" | "kernel" | "server"
     profile: str = "default"
-    image: str = "host"
+    image: str = "host"  # the reference as asked for
+    image_id: str = ""  # the store's image it resolved to ("" for the built-in host image)
+    guest: Guest = field(default_factory=Guest)
     limits: Limits = field(default_factory=Limits)
     env: tuple[tuple[str, str], ...] = ()
     workdir: str = "/home/jovyan"
@@ -106,6 +121,7 @@ class SandboxSpec:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}  # records of older versions
         data["limits"] = Limits.from_json(data.get("limits", {}))
+        data["guest"] = Guest(**data.get("guest", {}))
         data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
         data["ports"] = tuple(data.get("ports", ()))
         data["command"] = tuple(data["command"])

@@ -41,6 +41,11 @@ def layouts_ready() -> bool:
     )
 
 
+def hub_layout_ready() -> bool:
+    """The JupyterHub single-user image (built apart, with its own stamp)."""
+    return os.path.isdir(LAYOUTS) and any(n.startswith(".built-hub-") for n in os.listdir(LAYOUTS))
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 

@@ -50,6 +50,19 @@ def test_run_options_after_dashdash_belong_to_the_command() -> None:
     assert body_of("--", "sh", "--rm", "-d") == {"command": ["sh", "--rm", "-d"]}
 
 
+def test_run_image_with_or_without_a_command() -> None:
+    assert body_of("--image", "python:3") == {"image": "python:3"}
+    assert body_of("--image", "python:3", "--", "id") == {"image": "python:3", "command": ["id"]}
+    assert body_of("--image", "x", "--entrypoint", "/bin/sh", "--", "-c", "id") == {
+        "image": "x",
+        "entrypoint": ["/bin/sh"],
+        "command": ["-c", "id"],
+    }
+    assert body_of("--image", "x", "--entrypoint", "") == {"image": "x", "entrypoint": []}
+    with pytest.raises(UsageError):
+        body_of("--name", "x")  # the host image needs a command
+
+
 def test_run_every_option() -> None:
     body = body_of(
         *("--name", "job1", "--profile", "small", "--cpus", "0.5", "--memory", "512m"),

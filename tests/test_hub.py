@@ -35,6 +35,7 @@ from conftest import (
     other_instance,
     stop_daemon,
 )
+from image_registry import Registry, hub_layout_ready
 
 pytestmark = pytest.mark.root
 
@@ -65,6 +66,13 @@ disk = "256m"
 max_memory = "4g"
 network = "bridge"
 host_ports = ["tcp/{hub_port}", "tcp/{sbx_port}"]
+allow_pull = true             # a server's image is pulled on first spawn
+
+[images]
+allowed_registries = ["{registry}"]
+
+[images.registries."{registry}"]
+insecure = true
 
 [quotas.default]
 max_sandboxes = 12
@@ -102,7 +110,8 @@ c.SandboxSpawner.profile = "hubserver"
 c.SandboxSpawner.cmd = ["{bin}/jupyterhub-singleuser"]
 c.SandboxSpawner.mem_limit = {mem_limit}
 c.SandboxSpawner.delete_volumes_on_delete = True
-c.Spawner.start_timeout = 120
+c.SandboxSpawner.allowed_images = {{"host": "host", "jupyter": "{registry}/jupyter/hub:1"}}
+c.Spawner.start_timeout = 300
 c.Spawner.http_timeout = 60
 """
 
@@ -179,7 +188,20 @@ def _kill(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> No
 
 
 @pytest.fixture(scope="module")
-def env() -> Iterator[HubEnv]:
+def registry() -> Iterator[Registry]:
+    """A registry in the test netns holding the single-user server image (built from Debian's
+    jupyterhub by ``tests/fixtures/build-images.sh``)."""
+    assert hub_layout_ready(), "the hub image fixture is missing: run `make test-images`"
+    reg = Registry("none")
+    try:
+        reg.push("hub", "jupyter/hub:1")
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="module")
+def env(registry: Registry) -> Iterator[HubEnv]:
     assert os.access(CHP, os.X_OK), f"{CHP} is missing: run `make install` (npm)"
     assert os.access(JUPYTERHUB, os.X_OK), "jupyterhub is missing: pip install -e '.[test]'"
     tmp = tempfile.mkdtemp(prefix="sbxhub-")
@@ -206,7 +228,13 @@ def env() -> Iterator[HubEnv]:
     d = make_daemon(other_instance("h"))
     with open(d.config_path, "w") as fh:
         fh.write(
-            DAEMON_CONFIG.format(volroot=volroot, ksdir=ksdir, hub_port=hub_port, sbx_port=d.port)
+            DAEMON_CONFIG.format(
+                volroot=volroot,
+                ksdir=ksdir,
+                hub_port=hub_port,
+                sbx_port=d.port,
+                registry=registry.host,
+            )
         )
     env = None
     try:
@@ -230,6 +258,7 @@ def env() -> Iterator[HubEnv]:
                     hub_token=hub_token,
                     bin=BIN,
                     mem_limit=MEM_LIMIT,
+                    registry=registry.host,
                 )
             )
         env = HubEnv(
@@ -269,7 +298,7 @@ def env() -> Iterator[HubEnv]:
             _kill(env.hub)  # cleanup_servers: the Hub stops every server through the spawner
             _kill(env.proxy)
             env.http.close()
-        for user in ("alice", "bob", "carol", "hub"):
+        for user in ("alice", "bob", "carol", "dave", "erin", "hub"):
             try:
                 d.admin.call("DELETE", f"/api/users/{user}")
             except Exception:
@@ -285,10 +314,39 @@ def env() -> Iterator[HubEnv]:
 # helpers ---------------------------------------------------------------------------------------
 
 
-def spawn(env: HubEnv, user: str) -> list[dict[str, Any]]:
-    """Ask the Hub for ``user``'s server and follow its progress stream; the events seen."""
+def wait_for_process(sandbox_id: str, word: bytes) -> tuple[int, list[bytes]]:
+    """(host uid, argv) of a Python process of the sandbox whose command line holds ``word``
+    (found by its cgroup: other daemons' tenants may have the same uids)."""
+
+    def find() -> tuple[int, list[bytes]] | None:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cgroup") as fh:
+                    if f"/{sandbox_id}" not in fh.read():
+                        continue
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    argv = fh.read().split(b"\0")
+                uid = os.stat(f"/proc/{pid}").st_uid
+            except OSError:
+                continue
+            if word in b" ".join(argv) and b"python" in os.path.basename(argv[0]):
+                return uid, argv
+        return None
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = find()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"no process of sandbox {sandbox_id} runs {word!r}")
+
+
+def spawn(env: HubEnv, user: str, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Ask the Hub for ``user``'s server (with user ``options``) and follow its progress
+    stream; the events seen."""
     env.api("POST", f"/users/{user}", expect=(201, 409))
-    env.api("POST", f"/users/{user}/server", expect=(201, 202))
+    env.api("POST", f"/users/{user}/server", expect=(201, 202), json=options or None)
     resp = env.http.get(
         f"{env.public}/hub/api/users/{user}/server/progress",
         stream=True,
@@ -570,6 +628,50 @@ def test_named_server_is_a_sandbox_of_its_own(env: HubEnv) -> None:
         assert time.monotonic() < deadline, sandboxes(env, "alice")
         time.sleep(0.2)
     assert server_sandbox(env, "alice")["id"] == default["id"]
+
+
+def test_a_server_from_an_image_pulled_on_first_spawn(env: HubEnv, registry: Registry) -> None:
+    """dave picks the "jupyter" image (allowed_images): sandboxd lacks it, so the spawner pulls
+    it with his token and reports each layer; his server is the image's jupyterhub-singleuser
+    (Entrypoint tini, user jovyan from the image's passwd), answering through the proxy."""
+    image = f"{registry.host}/jupyter/hub:1"
+    events = spawn(env, "dave", {"image": "jupyter"})
+    assert events[-1].get("ready"), events
+    messages = [e["message"] for e in events]
+    assert "pulling image: 2 of 2 layers" in messages, messages
+    assert messages.index("pulling image: 2 of 2 layers") < next(
+        i for i, m in enumerate(messages) if m.startswith("sandbox ")
+    )
+    progress = [e["progress"] for e in events if "progress" in e]
+    assert progress == sorted(progress), events
+    server = server_sandbox(env, "dave")
+    model = env.daemon.admin.call("GET", f"/api/images/{image.replace('/', '%2F')}")
+    assert server["image"] == image and server["image_id"] == model["id"]
+    assert server["command"][:4] == ["tini", "-g", "--", "jupyterhub-singleuser"]
+    assert model["sandboxes"] == 1
+    resp = env.server("dave", "api/status")
+    assert resp.status_code == 200, resp.text
+    # the server is the image's Python running the image's jupyterhub-singleuser, as dave
+    uid, argv = wait_for_process(server["id"], b"jupyterhub-singleuser")
+    assert argv[0] == b"/usr/bin/python3" and argv[1] == b"/usr/bin/jupyterhub-singleuser", argv
+    assert uid == env.daemon.admin.call("GET", "/api/users/dave")["uid"]
+    # its kernels, through sandboxd's gateway, are sandboxes of dave's own
+    kid = start_kernel(env, "dave")
+    out, error = run_code(env, "dave", kid, "import sys; print('kernel', sys.version_info[0])")
+    assert error is None and out.strip() == "kernel 3", (out, error)
+    assert env.daemon.admin.call("GET", f"/api/kernels/{kid}")["user"] == "dave"
+    env.api("DELETE", "/users/dave/server", expect=(202, 204))
+    wait_stopped(env, "dave")
+    assert (
+        env.daemon.admin.call("GET", f"/api/images/{image.replace('/', '%2F')}")["sandboxes"] == 0
+    )
+
+
+def test_an_image_not_allowed_is_refused_with_the_reason(env: HubEnv) -> None:
+    events = spawn(env, "erin", {"image": "quay.io/evil/miner:latest"})
+    assert events[-1].get("failed"), events
+    assert "not allowed" in events[-1]["message"] and "jupyter" in events[-1]["message"]
+    assert sandboxes(env, "erin") == []
 
 
 def test_quota_refusal_is_a_spawn_failure_with_the_reason(env: HubEnv) -> None:

@@ -13,7 +13,11 @@ unprivileged: it only talks to sandboxd's API with a *service* token. Set-up, on
 
 The single-user server runs `jupyterhub-singleuser` *inside* the sandbox, so the image must
 hold it: with the built-in "host" image that is the Python environment sandboxd itself runs
-from (its venv is bound read-only into every sandbox), i.e. install jupyterhub there too.
+from (its venv is bound read-only into every sandbox), i.e. install jupyterhub there too; the
+Jupyter images (quay.io/jupyter/*) hold it already. Users pick one of ``allowed_images`` in the
+spawn form; an image sandboxd lacks is pulled on first spawn (the hubserver profile has
+allow_pull), or pull it ahead: ``sandboxctl image pull quay.io/jupyter/scipy-notebook:latest``.
+Kernels name their image in their kernelspec (kernels/python3-scipy: one kernelspec per image).
 """
 
 import os
@@ -40,6 +44,11 @@ c.SandboxSpawner.sandboxd_url = f"http://127.0.0.1:{SANDBOXD_PORT}"
 c.SandboxSpawner.sandboxd_token_file = "/etc/jupyterhub/sandboxd-token"
 c.SandboxSpawner.profile = "hubserver"  # bridge network + the Hub's and sandboxd's ports
 c.SandboxSpawner.cmd = ["/opt/sandboxd/venv/bin/jupyterhub-singleuser"]
+c.SandboxSpawner.allowed_images = {  # the spawn form's choice (DockerSpawner's rule)
+    "Built-in (the host's Python)": "host",
+    "Jupyter scipy-notebook": "quay.io/jupyter/scipy-notebook:latest",
+}
+c.SandboxSpawner.image_cmd = ["jupyterhub-singleuser"]  # on the image's PATH
 c.SandboxSpawner.mem_limit = "2G"  # each server and each kernel (cgroup memory.max)
 c.SandboxSpawner.cpu_limit = 1.0  # each server and each kernel (CFS quota)
 c.SandboxSpawner.volumes = {"home": "/home/jovyan"}  # <volume root>/<user>/home, persistent

@@ -45,10 +45,11 @@ def _env_list(items: Sequence[str], environ: Mapping[str, str]) -> list[str]:
 
 
 def command_of(args: argparse.Namespace) -> list[str]:
+    """The argv after ``--``; may be empty with ``--image`` (the image's Cmd runs)."""
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    if not command:
+    if not command and not getattr(args, "image", None):
         raise UsageError("run: a command is required (sandboxctl run [OPTIONS] -- CMD...)")
     return command
 
@@ -64,6 +65,7 @@ _RUN_SCALARS = {
     "workdir": "workdir",
     "user": "user",
     "network": "network",
+    "image": "image",
 }
 
 
@@ -80,7 +82,12 @@ _RUN_LISTS = {
 def run_request(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Json:
     """The ``POST /api/sandboxes`` body for ``sandboxctl run``; unset options are left out so
     the profile's defaults apply. Sizes go as typed (``512m``): the daemon parses them."""
-    body: Json = {"command": command_of(args)}
+    body: Json = {}
+    command = command_of(args)
+    if command:
+        body["command"] = command
+    if getattr(args, "entrypoint", None) is not None:  # docker's --entrypoint: "" clears it
+        body["entrypoint"] = [args.entrypoint] if args.entrypoint else []
     for attr, field in _RUN_SCALARS.items():
         value = getattr(args, attr, None)
         if value is not None:

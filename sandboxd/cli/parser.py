@@ -45,6 +45,14 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--rm", action="store_true", help="remove the sandbox when it exits")
     p.add_argument("--name")
     p.add_argument("--profile")
+    p.add_argument(
+        "--image", help="host (built-in) or an image of the store: NAME[:TAG], NAME@DIGEST, ID"
+    )
+    p.add_argument(
+        "--entrypoint",
+        metavar="CMD",
+        help='replace the image\'s Entrypoint (and drop its Cmd); "" clears it',
+    )
     p.add_argument("--cpus", type=float)
     p.add_argument("--memory", help="e.g. 512m")
     p.add_argument("--swap", help="swap beyond memory, e.g. 0")

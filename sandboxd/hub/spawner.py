@@ -14,9 +14,13 @@ One ``start()``:
 3. network: ``GET /api/networks/{network}?user=`` (made if missing) gives the gateway, the
    address at which the sandbox reaches the Hub's API and sandboxd (the server profile's
    ``host_ports``; kernels' profiles have none, so kernels reach nothing of the Hub);
-4. the sandbox: ``POST /api/sandboxes`` running ``jupyterhub-singleuser`` with ``get_env()``,
+4. the image (an OCI image, not the built-in ``host``): chosen from ``allowed_images`` (the
+   user's option, as in DockerSpawner) or ``image``; if sandboxd lacks it, pulled with the
+   user's own token (``POST /api/images/pull``, streamed), each "pulling image: 3 of 5 layers"
+   a progress event; refused if the profile may not pull;
+5. the sandbox: ``POST /api/sandboxes`` running ``jupyterhub-singleuser`` with ``get_env()``,
    ``--gateway-url`` = sandboxd (with ``kernels_in_own_sandboxes``), the limits and the volumes;
-5. the server answering: ``GET {address}:{port}{base_url}api`` until it answers.
+6. the server answering: ``GET {address}:{port}{base_url}api`` until it answers.
 
 ``progress()`` yields one event per step as it happens. The Hub and the proxy reach the server
 at the sandbox's own address on the user's bridge (returned as ``(ip, port)``).
@@ -25,6 +29,7 @@ at the sandbox's own address on the user's bridge (returned as ``(ip, port)``).
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 import time
@@ -33,7 +38,7 @@ from urllib.parse import quote, urlparse
 
 from jupyterhub.spawner import Spawner
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, Union, default
 
 from ..errors import Reason
 from ..models.types import USER_PATTERN
@@ -69,6 +74,15 @@ REASONS: dict[str, str] = {
     Reason.IMAGE_NOT_FOUND: "image",
     Reason.IMAGE_BROKEN: "image",
     Reason.BAD_REFERENCE: "image",
+    Reason.BAD_IMAGE: "image",
+    Reason.BAD_IMAGE_USER: "image",
+    Reason.NO_COMMAND: "image",
+    Reason.IDMAP_UNSUPPORTED: "image",
+    Reason.PULL_DENIED: "image",
+    Reason.REGISTRY_DENIED: "image",
+    Reason.REGISTRY_AUTH: "image",
+    Reason.REGISTRY_UNREACHABLE: "image",
+    Reason.REGISTRY_TIMEOUT: "image",
     Reason.POOL_OVERLAP: "network",
     Reason.SUBNETS_EXHAUSTED: "network",
     Reason.ADDRESSES_EXHAUSTED: "network",
@@ -161,6 +175,11 @@ class SandboxSpawner(Spawner):
         help="Seconds one sandboxd API request may take (a sandbox start is ~0.1-2 s).",
     ).tag(config=True)
 
+    pull_timeout = Float(
+        1800.0,
+        help="Seconds an image pull on first spawn may take (a big image over a slow link).",
+    ).tag(config=True)
+
     # --- what the sandbox is --------------------------------------------------------------------
 
     user_template = Unicode(
@@ -184,8 +203,26 @@ class SandboxSpawner(Spawner):
 
     image = Unicode(
         "",
-        help="""sandboxd image of the server sandbox; "" = the profile's image (built-in
-        "host"). It must hold jupyterhub (jupyterhub-singleuser) at the path of ``cmd``.""",
+        help="""sandboxd image of the server sandbox: "host" (the built-in image, which must
+        hold jupyterhub at the path of ``cmd``) or an OCI image (``quay.io/jupyter/base-notebook:
+        latest``; its Env, WorkingDir, Entrypoint and user apply, ``image_cmd`` runs); "" = the
+        profile's image. Missing images are pulled on first spawn if the profile allows it.""",
+    ).tag(config=True)
+
+    allowed_images = Union(
+        [List(Unicode()), Dict(Unicode())],
+        default_value=[],
+        help="""Images users may pick, as in DockerSpawner: a list of images, or {display name:
+        image}. With more than one, the spawn form offers a choice (user option ``image``); a
+        user option naming anything else is refused with a clear reason. Empty: ``image``
+        only, and a user option is refused.""",
+    ).tag(config=True)
+
+    image_cmd = List(
+        Unicode(),
+        ["jupyterhub-singleuser"],
+        help="""Command of a server started from an OCI image (found on the image's PATH), before
+        ``get_args()``; ``cmd`` is for the built-in host image. [] = the image's own Cmd.""",
     ).tag(config=True)
 
     network = Unicode(
@@ -261,6 +298,48 @@ class SandboxSpawner(Spawner):
     @default("port")
     def _default_port(self) -> int:
         return 8888
+
+    @default("options_form")
+    def _options_form_default(self) -> str:
+        choices = self._allowed()
+        if len(choices) <= 1:
+            return ""
+        options = "".join(
+            f'<option value="{html.escape(label)}">{html.escape(label)}</option>'
+            for label in choices
+        )
+        return (
+            '<label for="image">Image</label>'
+            f'<select class="form-control" name="image" required autofocus>{options}</select>'
+        )
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        return {"image": (formdata.get("image") or [""])[0]}
+
+    def _allowed(self) -> dict[str, str]:
+        """{what a user may name: the image it means}."""
+        raw = self.allowed_images
+        if isinstance(raw, dict):
+            return {str(k): str(v) for k, v in raw.items()}
+        return {str(i): str(i) for i in raw}
+
+    def _chosen_image(self) -> str:
+        """The server's image: the user's option if allowed (DockerSpawner's rule), else
+        ``image``; "" leaves it to the profile."""
+        wanted = (self.user_options or {}).get("image")
+        if not wanted:
+            return self.image
+        allowed = self._allowed()
+        if isinstance(wanted, str) and wanted in allowed.values():
+            return wanted
+        if not isinstance(wanted, str) or wanted not in allowed:
+            names = ", ".join(sorted(allowed)) or "none (only the configured image)"
+            raise SpawnException(
+                f"image {str(wanted)[:200]!r} is not allowed; allowed images: {names}",
+                reason="image",
+                status_code=400,
+            )
+        return allowed[wanted]
 
     # --- state --------------------------------------------------------------------------------
 
@@ -437,17 +516,22 @@ class SandboxSpawner(Spawner):
             net = await self.api("POST", "/api/networks", {"name": name, "user": user})
         return net
 
-    def _server_env(self, gateway: str) -> dict[str, str]:
+    def _server_env(self, gateway: str, oci: bool = False) -> dict[str, str]:
         env = self.get_env()
+        if oci:  # the Hub's own PATH and friends mean nothing in an image (DockerSpawner too)
+            for key in self.env_keep:
+                if key not in self.environment:
+                    env.pop(key, None)
         hub = urlparse(self.hub.api_url)
         hub_url = f"{hub.scheme}://{self.hub_connect_host or gateway}:{hub.port or 80}{hub.path}"
         env["JUPYTERHUB_API_URL"] = hub_url
         env["JUPYTERHUB_ACTIVITY_URL"] = (
             f"{hub_url.rstrip('/')}/users/{quote(self.user.name)}/activity"
         )
-        env.setdefault("HOME", "/home/jovyan")
-        env.setdefault("SHELL", "/bin/bash")
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        if not oci:  # an image brings its own (Env, and HOME from its user)
+            env.setdefault("HOME", "/home/jovyan")
+            env.setdefault("SHELL", "/bin/bash")
+            env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         if self.kernels_in_own_sandboxes:
             env["JUPYTER_GATEWAY_AUTH_TOKEN"] = self.user_token
             env["KERNEL_USERNAME"] = self.sandboxd_user
@@ -478,17 +562,25 @@ class SandboxSpawner(Spawner):
             net = await self._network(user)
             gateway = net["gateway"]
             self._step(40, f"network {net['name']} ready ({net['subnet']}, via {gateway})")
+            image = self._chosen_image()
+            oci = bool(image) and image != "host"
+            base_cmd = list(self.cmd)
+            if oci:
+                model = await self._ensure_image(image)
+                base_cmd = list(self.image_cmd) or list(
+                    (model.get("config") or {}).get("Cmd") or []
+                )
         except SandboxdError as exc:
             raise self._spawn_error(exc, "prepare the server") from None
 
-        cmd = [*self.cmd, *self.get_args()]
+        cmd = [*base_cmd, *self.get_args()]
         if self.kernels_in_own_sandboxes:
             cmd.append(f"--gateway-url={self._gateway_url(gateway)}")
         body: dict[str, Any] = {
             "user": user,
             "name": self._sandbox_name(),
             "command": cmd,
-            "env": self._server_env(gateway),
+            "env": self._server_env(gateway, oci),
             "volumes": binds,
             "profile": self.profile,
             "network": self.network,
@@ -498,8 +590,8 @@ class SandboxSpawner(Spawner):
                 "managed-by": "jupyterhub",
             },
         }
-        if self.image:
-            body["image"] = self.image
+        if image:
+            body["image"] = image
         if self.mem_limit:
             body["memory"] = int(self.mem_limit)
         if self.cpu_limit:
@@ -521,6 +613,60 @@ class SandboxSpawner(Spawner):
         self._step(90, f"server answering at {address}:{self.port}")
         await asyncio.sleep(0.01)  # let progress listeners take the last step before "ready"
         return address, self.port
+
+    async def _ensure_image(self, image: str) -> dict[str, Any]:
+        """The image's model; pulled first (as the user, under the server's profile) if sandboxd
+        lacks it, each layer count a progress event. A refusal is the spawn's failure."""
+        path = f"/api/images/{quote(image, safe='')}"
+        model = await self.api("GET", path, token=self.user_token, missing_ok=True)
+        if model is not None:
+            return model
+        self._step(45, f"pulling image {image}")
+        buffer = b""
+        result: dict[str, Any] = {}
+
+        def on_chunk(chunk: bytes) -> None:
+            nonlocal buffer
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("status") == "progress":
+                    share = event["done"] / max(1, event["total"])
+                    self._step(45 + int(14 * share), event["message"])
+                elif event.get("status") in ("done", "error"):
+                    result.update(event)
+
+        req = HTTPRequest(
+            self.sandboxd_url.rstrip("/") + "/api/images/pull",
+            method="POST",
+            headers={
+                "Authorization": f"token {self.user_token}",
+                "Content-Type": "application/json",
+            },
+            body=json.dumps({"ref": image, "profile": self.profile, "stream": True}),
+            streaming_callback=on_chunk,
+            request_timeout=self.pull_timeout,
+            connect_timeout=10,
+        )
+        try:
+            await AsyncHTTPClient().fetch(req)
+        except HTTPClientError as exc:
+            reason, message = "http-error", str(exc)
+            if buffer:  # a refusal before the stream: the body went to the callback
+                try:
+                    data = json.loads(buffer)
+                    reason, message = data.get("reason", reason), data.get("message", message)
+                except ValueError:
+                    pass
+            raise SandboxdError(exc.code, reason, message) from None
+        if result.get("status") != "done":
+            raise SandboxdError(
+                500, result.get("reason", "pull"), result.get("message", "the pull ended early")
+            )
+        return result["image"]
 
     async def _create(self, body: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(2):

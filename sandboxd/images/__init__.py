@@ -9,7 +9,11 @@ Modules, one job each:
 * ``registry``: a client of the OCI distribution API (anonymous, basic, bearer token).
 * ``archive``: read ``docker save`` archives and OCI image layouts / archives.
 * ``manager``: pulls and loads end to end, with progress, limits, policy and metrics.
+* ``run``: a request's image resolved (pulled on first use if allowed) and its config applied
+  to the spec as ``docker run`` does; ``guest``: the image's user, from its own passwd/group,
+  read through its merged layers by ``rootview`` (never the host's files).
 
-Phase B (running sandboxes from images) needs only ``ImageStore.resolve``, ``acquire`` and
-``release``. This package imports nothing from the runtime but ``safefs``/``syscalls``.
+The runtime's image step (``runtime/image.py``) holds an image for each sandbox through
+``ImageManager.acquire``/``release`` and mounts its layers idmapped (``runtime/idmap.py``).
+This package imports nothing from the runtime but ``safefs``/``syscalls``.
 """

@@ -32,7 +32,8 @@ import httpx
 
 from .. import blocking, metrics
 from ..errors import Forbidden, HostError, InvalidImage, InvalidRequest, NotFound, QuotaExceeded
-from . import archive, oci, reference
+from ..spec import Guest
+from . import archive, guest, oci, reference
 from .registry import RegistryClient, new_http_client
 from .settings import ImageSettings
 from .store import ImageStore, ResolvedImage
@@ -43,6 +44,7 @@ Event = dict[str, Any]
 Listener = Callable[[Event], None]
 #: Byte-progress events of one layer are sent at most this often.
 PROGRESS_INTERVAL = 0.2
+MAX_GUESTS = 1024
 
 
 def progress_message(done: int, total: int) -> str:
@@ -116,19 +118,43 @@ class ImageManager:
         self._active = 0
         self._unpack_slots = asyncio.Semaphore(settings().unpack_workers)
         self._workers: set[asyncio.subprocess.Process] = set()
+        self._guests: dict[tuple[str, str], Guest] = {}  # images never change: resolved once
         self.update_metrics()
 
     # -- the phase B interface ------------------------------------------------------------
 
-    def resolve(self, ref: str) -> ResolvedImage:
-        """``ref`` (a name, name@digest, an id) → id, lowerdirs top-first, config. 404 if absent."""
-        return self.store.resolve(ref, self.settings().default_registry)
+    def resolve(self, ref: str, check: bool = True) -> ResolvedImage:
+        """``ref`` (a name, name@digest, an id) → id, lowerdirs top-first, config. 404 if absent.
+        ``check=False``: the index only, no look at the disk (for the loop)."""
+        return self.store.resolve(ref, self.settings().default_registry, check)
 
     def acquire(self, sandbox_id: str, image_id: str) -> None:
         self.store.acquire(sandbox_id, image_id)
 
     def release(self, sandbox_id: str) -> None:
         self.store.release(sandbox_id)
+
+    def layer_dirs(self, image_id: str) -> tuple[str, ...]:
+        """The image's layer directories, top first (from the index: check them off the loop)."""
+        return self.store.resolve_id(image_id, check=False).lowerdirs
+
+    def cached_guest(self, image: ResolvedImage) -> Guest | None:
+        return self._guests.get((image.id, image.config.user))
+
+    def guest_of(self, image: ResolvedImage) -> Guest:
+        """Who the image's user is (its passwd read inside its layers). Blocking: a lane."""
+        for path in image.lowerdirs:
+            if not os.path.isdir(path):
+                raise HostError(
+                    f"image {image.id[:19]}: a layer is missing from the store; "
+                    "remove the image and pull it again",
+                    reason="image-broken",
+                )
+        found = guest.resolve(image.lowerdirs, image.config.user)
+        if len(self._guests) >= MAX_GUESTS:
+            self._guests.clear()
+        self._guests[(image.id, image.config.user)] = found
+        return found
 
     # -- listing --------------------------------------------------------------------------
 
@@ -581,9 +607,6 @@ def _parse_or_none(ref: str, default_registry: str) -> reference.Reference | Non
 
 
 def for_daemon(sbx: Any) -> ImageManager:
-    """The daemon's image manager, made on first use (phase B will own it in ``Sandboxd``)."""
-    manager = getattr(sbx, "images", None)
-    if manager is None:
-        manager = ImageManager(sbx.config.state_dir, lambda: sbx.config.images)
-        sbx.images = manager
+    """The daemon's image manager (made at start by ``Sandboxd``: its holds are recovered)."""
+    manager: ImageManager = sbx.images
     return manager

@@ -65,11 +65,12 @@ def sandbox_body(req: KernelRequest, kernel_id: str) -> dict[str, Any]:
         "profile": ks.profile,
         "name": f"kernel-{kernel_id[:13]}",
         "env": {**spec_env, **req.env, "KERNEL_ID": kernel_id},
-        "workdir": req.workdir,
         "volumes": list(req.volumes),
         "labels": {"kernel_id": kernel_id, "kernelspec": ks.name},
         **req.limits,
     }
+    if req.workdir:
+        body["workdir"] = req.workdir
     if ks.sandbox.get("image"):
         body["image"] = ks.sandbox["image"]
     return body

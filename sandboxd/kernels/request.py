@@ -8,8 +8,9 @@ Rules (reference/jupyter.md §1.3 and §2.5):
   * only a *service* token (a JupyterHub's) may act for the user named by ``KERNEL_USERNAME``;
     any other token acts as itself, whatever ``KERNEL_USERNAME`` says;
   * ``KERNEL_WORKING_DIR`` is honoured when it lies inside one of the kernel's volumes,
-    otherwise the kernel starts in its home (jupyter_server sends the *server's* notebook path,
-    which usually means nothing inside the sandbox);
+    otherwise the kernel starts where its image says (its WorkingDir, else its user's home;
+    jupyter_server sends the *server's* notebook path, which usually means nothing inside the
+    sandbox);
   * ``KERNEL_CPUS`` / ``KERNEL_MEMORY`` ask for limits other than the profile's defaults
     (checked against the profile's maxima like any sandbox request).
 """
@@ -25,7 +26,6 @@ from ..config import Config
 from ..errors import InvalidRequest, NotFound, Reason
 from ..models.requests import KernelStart
 from ..models.types import validate
-from ..runtime.rootfs import HOME
 from ..state import Store, User
 from . import specs
 
@@ -41,7 +41,7 @@ class KernelRequest:
     owner: User
     kernelspec: specs.KernelSpec
     env: dict[str, str]
-    workdir: str
+    workdir: str  # "" = the image's own
     volumes: tuple[str, ...]
     limits: dict[str, str]
 
@@ -88,15 +88,16 @@ def _inside(path: str, root: str) -> bool:
 
 
 def working_dir(env: dict[str, str], volumes: tuple[str, ...]) -> str:
+    """``KERNEL_WORKING_DIR`` if it lies in a volume, else "" (the image's own)."""
     wanted = env.get("KERNEL_WORKING_DIR", "")
     if not wanted or not os.path.isabs(wanted) or ".." in wanted.split("/"):
-        return HOME
+        return ""
     wanted = os.path.normpath(wanted)
     for vol in volumes:
         parts = vol.split(":")
         if len(parts) >= 2 and _inside(wanted, os.path.normpath(parts[1])):
             return wanted
-    return HOME
+    return ""
 
 
 def parse(body: Any, actor: User, config: Config, store: Store) -> KernelRequest:

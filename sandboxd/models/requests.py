@@ -152,10 +152,18 @@ class SandboxCreate(Model):
         "network": Reason.BAD_NETWORK,
         "ports": Reason.BAD_PORT,
         "volumes": Reason.BAD_VOLUME,
+        # a size written as a string ("103", "1k") can be below the minimum, which the
+        # document cannot say for strings: refused with a reason of its own, like volumes
+        "memory": Reason.BAD_SIZE,
+        "swap": Reason.BAD_SIZE,
+        "disk": Reason.BAD_SIZE,
+        "entrypoint": Reason.BAD_ENTRYPOINT,
     }
 
-    command: Annotated[list[Text], Field(min_length=1), AfterValidator(_command_size)] = Field(
-        description="argv to run"
+    command: Annotated[list[Text], AfterValidator(_command_size)] = Field(
+        default_factory=list,
+        description="argv to run; with an OCI image it replaces the image's Cmd (after its "
+        "Entrypoint); required with the built-in `host` image (400 otherwise)",
     )
     name: Annotated[str, Field(pattern=NAME_OR_EMPTY)] | None = Field(
         None, description="unique per user, also the hostname; default `sbx-<id8>`"
@@ -164,7 +172,15 @@ class SandboxCreate(Model):
         "default", description="the profile the sandbox is created under"
     )
     image: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
-        None, description="image name; default the profile's"
+        None,
+        description="`host` (built-in) or `NAME[:TAG]`, `NAME@sha256:…`, an image id; default "
+        "the profile's. A missing image is pulled first if the profile has allow_pull (or an "
+        "admin asks), else 404 image-not-found",
+    )
+    entrypoint: Annotated[list[Text], AfterValidator(_command_size)] | None = Field(
+        None,
+        description="replaces the image's Entrypoint and drops its Cmd (`docker run "
+        "--entrypoint`); `[]` clears it",
     )
     cpus: Cpus | None = Field(None, description="cores, e.g. 0.5 (up to the profile's max_cpus)")
     memory: Size4M | None = Field(None, description="memory limit, e.g. `512m`")
@@ -189,7 +205,10 @@ class SandboxCreate(Model):
         "as SOURCE needs an admin token",
     )
     env: Env = Field(default_factory=dict, description='`{"K": "V"}` or `["K=V"]`')
-    workdir: AbsolutePath | None = Field(None, description="default `/home/jovyan`")
+    workdir: AbsolutePath | None = Field(
+        None,
+        description="default `/home/jovyan` (an OCI image: its WorkingDir, else its user's home)",
+    )
     stdin: Bool = Field(False, description="keep stdin open for `attach` (default: /dev/null)")
     auto_remove: Bool = Field(False, description="remove the sandbox when it exits")
     user: UserName | None = Field(
@@ -214,6 +233,7 @@ class LimitsUpdate(Model):
     """``PATCH /api/sandboxes/{ref}``: new limits of a running sandbox (at least one)."""
 
     model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+    reasons: ClassVar[dict[str, Reason]] = {"memory": Reason.BAD_SIZE}
 
     cpus: Cpus | None = None
     memory: Size4M | None = None

@@ -80,7 +80,8 @@ class Sandbox(Model):
     state: Literal["created", "running", "exited"]
     command: list[str]
     profile: str
-    image: str
+    image: str = Field(description="as asked for (`host`, a name, an id)")
+    image_id: str | None = Field(description="the store's image it resolved to; null for host")
     limits: Limits
     uid: int
     pid: int | None

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from ..spec import SandboxSpec
 from .plan import RootPlan
-from .rootfs import HOME, SANDBOX_UID
 
 BWRAP = "/usr/bin/bwrap"
 
@@ -43,13 +42,15 @@ class BwrapFds:
 
 
 def environment(spec: SandboxSpec, python_bin: str | None) -> list[tuple[str, str]]:
-    """The sandbox's environment: a clean base, then the spec's variables on top."""
+    """The sandbox's environment: a clean base, then the spec's variables on top (for an OCI
+    image those start with the image's Env, merged at admission: ``images/run.py``)."""
     path = DEFAULT_PATH if not python_bin else f"{python_bin}:{DEFAULT_PATH}"
+    guest = spec.guest
     base = [
         ("PATH", path),
-        ("HOME", HOME),
-        ("USER", "jovyan"),
-        ("LOGNAME", "jovyan"),
+        ("HOME", guest.home),
+        ("USER", guest.name),
+        ("LOGNAME", guest.name),
         ("SHELL", "/bin/bash"),
         ("LANG", "C.UTF-8"),
         ("HOSTNAME", spec.name),
@@ -74,9 +75,9 @@ def build_argv(
         BWRAP,
         "--unshare-user",
         "--uid",
-        str(SANDBOX_UID),
+        str(spec.guest.uid),
         "--gid",
-        str(SANDBOX_UID),
+        str(spec.guest.gid),
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",

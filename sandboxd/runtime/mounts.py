@@ -4,9 +4,12 @@ Runs in the launcher helper, as root, after ``unshare(CLONE_NEWNS)``; nothing it
 visible on the host, and everything goes away with the sandbox's last process.
 
 Order, and why:
-  1. the writable layer (a ``--disk``-capped tmpfs) and the overlay of the image's layers;
-  2. ownership of ``/`` and the home, and the files the daemon provides (``/etc/hosts``, …),
-     written while the root holds only the image, so nothing of the tenant's is on the way;
+  1. the writable layer (a ``--disk``-capped tmpfs) and the overlay of the image's layers (an
+     OCI image's layers first mounted idmapped on that tmpfs: ``idmap.py``);
+  2. ownership of ``/`` and the home (the host image; an OCI image keeps its own, and gets its
+     home and bwrap's mount points only if missing), and the files the daemon provides
+     (``/etc/hosts``, …), written while the root holds only the image, so nothing of the
+     tenant's is on the way;
   3. the admin's host directories, read-only;
   4. the tenant's volumes, from detached mount trees the daemon opened by fd;
   5. the per-sandbox tmpfs dirs (``/run/kernel``) with their files;
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from . import safefs, syscalls
+from . import idmap, safefs, syscalls
 from .plan import RootPlan
 
 BIND_ATTRS = syscalls.MOUNT_ATTR_RDONLY | syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV
@@ -46,13 +49,26 @@ def _overlay(p: RootPlan) -> None:
     upper, work = os.path.join(p.rw, "upper"), os.path.join(p.rw, "work")
     os.mkdir(upper, 0o755)
     os.mkdir(work, 0o700)
-    syscalls.mount(
-        "sbx-root",
-        p.root,
-        "overlay",
-        syscalls.MS_NOSUID | syscalls.MS_NODEV,
-        f"lowerdir={':'.join(p.lowers)},upperdir={upper},workdir={work}",
-    )
+    lowers, cwd = list(p.lowers), "/"
+    if p.uid_map:  # an OCI image: idmapped clones of its layers, named 0..n-1 on the tmpfs
+        cwd = os.path.join(p.rw, "lower")
+        os.mkdir(cwd, 0o700)
+        userns = idmap.userns_fd(p.uid_map, p.gid_map)
+        try:
+            lowers = idmap.mount_layers(p.lowers, cwd, userns)
+        finally:
+            os.close(userns)
+    os.chdir(cwd)  # short relative lowerdirs: a deep image still fits the mount option
+    try:
+        syscalls.mount(
+            "sbx-root",
+            p.root,
+            "overlay",
+            syscalls.MS_NOSUID | syscalls.MS_NODEV,
+            f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}",
+        )
+    finally:
+        os.chdir("/")
 
 
 def _own_dir(rootfd: int, path: str, uid: int) -> None:
@@ -65,6 +81,22 @@ def _own_dir(rootfd: int, path: str, uid: int) -> None:
         os.fchmod(fd, 0o755)
     finally:
         os.close(fd)
+
+
+def _image_dirs(rootfd: int, p: RootPlan, uid: int) -> None:
+    """An OCI image keeps the owners it gives ``/`` and the home; what is missing is made:
+    the home (the tenant's) and the mount points bwrap needs (root's)."""
+    for path, owner in (("/proc", None), ("/dev", None), (p.home, uid)):
+        try:
+            os.close(safefs.open_in_root(rootfd, path, safefs.O_PATH_DIR))
+        except FileNotFoundError:
+            try:
+                os.close(safefs.make_dirs_in_root(rootfd, path, 0o755, owner))
+            except OSError:
+                if path != p.home:
+                    raise
+                # a home the image made unmakeable (a dangling link): left as it is, as
+                # docker does; a chdir there is then refused with 400 bad-workdir
 
 
 def _host_binds(p: RootPlan, rootfd: int, uid: int) -> None:
@@ -102,9 +134,12 @@ def build_root(p: RootPlan, uid: int) -> None:
     _overlay(p)
     rootfd = os.open(p.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fchown(rootfd, uid, uid)
-        os.fchmod(rootfd, 0o755)
-        _own_dir(rootfd, p.home, uid)
+        if p.uid_map:
+            _image_dirs(rootfd, p, uid)
+        else:
+            os.fchown(rootfd, uid, uid)
+            os.fchmod(rootfd, 0o755)
+            _own_dir(rootfd, p.home, uid)
         for path, text in p.etc:
             safefs.replace_file_in_root(rootfd, path, text.encode(), 0o644)
         _host_binds(p, rootfd, uid)

@@ -54,6 +54,10 @@ class RootPlan:
     run_dirs: tuple[RunDir, ...] = ()
     home: str = "/home/jovyan"
     workdir: str = "/home/jovyan"
+    # an OCI image: its layers are mounted idmapped with these maps (``idmap.py``), and the
+    # image's own ownership of ``/`` and the home is kept; "" = the built-in host image
+    uid_map: str = ""
+    gid_map: str = ""
 
 
 @dataclass(frozen=True)

@@ -72,12 +72,17 @@ VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 
 @dataclass(frozen=True)
 class Image:
-    """Ordered read-only layers (overlay lowerdirs, top first) plus host dirs bound read-only."""
+    """Ordered read-only layers (overlay lowerdirs, top first) plus host dirs bound read-only.
+
+    The built-in ``host`` image has binds and a Python; an OCI image (``runtime/image.py``)
+    has only layers, mounted idmapped with ``uid_map``/``gid_map`` (``idmap.py``)."""
 
     name: str
     layers: tuple[str, ...]
     binds: tuple[str, ...] = ()  # host paths bound read-only at the same path
-    python: str = "python3"
+    python: str | None = "python3"  # put first on PATH (the host image's environment)
+    uid_map: str = ""
+    gid_map: str = ""
 
 
 def python_environments() -> tuple[str, ...]:
@@ -258,8 +263,10 @@ def plan(
         mounts=mounts,
         etc=etc,
         run_dirs=run_dirs,
-        home=HOME,
+        home=spec.guest.home,
         workdir=spec.workdir,
+        uid_map=image.uid_map,
+        gid_map=image.gid_map,
     )
 
 

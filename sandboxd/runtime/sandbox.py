@@ -5,12 +5,14 @@ it shares with the others, and has a ``release(spec)`` that is idempotent and wo
 spec alone, so the same release serves a failed start (only the steps that ran), an exit, a
 removal, crash recovery and ``sandboxd cleanup``:
 
-  1. rundir    the run dir: FIFOs for the output, mount points, bwrap's status file
-  2. volumes   the tenant's volumes, opened by fd and checked (``volumes.open_mounts``)
-  3. network   netns, veth and nft rules (``network/manager.py``), on the net lane
-  4. cgroup    user level, then sandbox level (``cgroups.py``)
-  5. seccomp   the compiled filter in a sealed memfd (``seccomp.py``)
-  6. launch    the launcher helper (``launcher.py``): joins, mounts, drops, execs bwrap
+  1. image     the root's layers: the built-in host image, or a hold on an OCI image and its
+               layers with the tenant's id maps (``image.py``)
+  2. rundir    the run dir: FIFOs for the output, mount points, bwrap's status file
+  3. volumes   the tenant's volumes, opened by fd and checked (``volumes.open_mounts``)
+  4. network   netns, veth and nft rules (``network/manager.py``), on the net lane
+  5. cgroup    user level, then sandbox level (``cgroups.py``)
+  6. seccomp   the compiled filter in a sealed memfd (``seccomp.py``)
+  7. launch    the launcher helper (``launcher.py``): joins, mounts, drops, execs bwrap
 
 Every blocking call runs in a thread lane (``blocking``); the loop only waits. A step's
 transient fds (volumes, seccomp, the network namespace) are closed once bwrap runs.
@@ -35,9 +37,11 @@ from .. import blocking, faults
 from ..errors import InvalidRequest, LaunchError, SandboxdError
 from ..spec import Limits, SandboxSpec
 from ..units import format_size
-from . import bwrap, cgroups, launch, netns, output, rootfs, seccomp
+from . import bwrap, cgroups, idmap, launch, netns, output, rootfs, seccomp
+from .image import IdmapSupport, ImageSource, ImageStep
 from .plan import MountFd, RunDir
 from .stdin import StdinWriter
+from .step import Step
 
 log = logging.getLogger("sandboxd.runtime")
 
@@ -96,6 +100,7 @@ class Build:
     user_limits: Limits
     directory: str
     run_dirs: tuple[RunDir, ...]
+    image: rootfs.Image | None = None
     etc: tuple[tuple[str, str], ...] = ()
     mounts: list[MountFd] = field(default_factory=list)
     net_mode: str = "none"
@@ -126,6 +131,8 @@ class Runtime:
         log_max_bytes: int = 1 << 20,
         log_rate: int = 8 << 20,
         stdin_buffer: int = 1 << 20,
+        images: ImageSource | None = None,
+        id_span: int = idmap.SPAN,
     ) -> None:
         self.instance = instance
         self.run_dir = run_dir
@@ -136,9 +143,10 @@ class Runtime:
         self.log_max_bytes = log_max_bytes
         self.log_rate = log_rate
         self.stdin_buffer = stdin_buffer
-        for path in (run_dir, os.path.join(state_dir, "images")):
-            os.makedirs(path, mode=0o711, exist_ok=True)
-            os.chmod(path, 0o711)
+        os.makedirs(run_dir, mode=0o711, exist_ok=True)
+        os.chmod(run_dir, 0o711)
+        # root-only: layers are read through the overlay the launcher (root) mounts
+        os.makedirs(os.path.join(state_dir, "images"), mode=0o700, exist_ok=True)
         os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
         # the tenant's bwrap must traverse to its root: every parent of run_dir must allow it
         parent = os.path.dirname(run_dir)
@@ -146,7 +154,11 @@ class Runtime:
             os.chmod(parent, os.stat(parent).st_mode | 0o111)
             parent = os.path.dirname(parent)
         self.cgroups = cgroup_driver or cgroups.probe(instance)
-        self.images = {"host": rootfs.host_image(os.path.join(state_dir, "images"))}
+        self.builtin = {"host": rootfs.host_image(os.path.join(state_dir, "images"))}
+        self.images = images  # the OCI image store (None: only the built-in image)
+        self.id_span = id_span  # on-disk ids below it map to themselves in image layers
+        # probed in the store's tmp/ (its filesystem; leftovers of a crash go at the next start)
+        self.idmap = IdmapSupport(os.path.join(state_dir, "images", "tmp"))
         self.host_proc = tuple(
             p
             for p in (*bwrap.MASKED_FILES, *bwrap.MASKED_DIRS, *bwrap.READONLY_PATHS)
@@ -156,6 +168,7 @@ class Runtime:
         self.live: dict[str, LiveSandbox] = {}
         self.launcher = launch.Launcher()
         self.steps: tuple[Step, ...] = (
+            ImageStep(self),
             RunDirStep(self),
             VolumesStep(self),
             NetworkStep(self),
@@ -176,7 +189,7 @@ class Runtime:
         from ..errors import NotFound
 
         try:
-            return self.images[name]
+            return self.builtin[name]
         except KeyError:
             raise NotFound(f"unknown image {name!r}", reason="unknown-image") from None
 
@@ -186,7 +199,6 @@ class Runtime:
         self, spec: SandboxSpec, *, user_limits: Limits, run_dirs: tuple[RunDir, ...] = ()
     ) -> LiveSandbox:
         """Create and start ``spec``; on any failure release what was made, then raise."""
-        self.image(spec.image)
         build = Build(spec, user_limits, self.directory(spec.id), run_dirs)
         done: list[Step] = []
         try:
@@ -428,22 +440,6 @@ class Runtime:
 # -- steps ----------------------------------------------------------------------------------
 
 
-class Step:
-    """One stage of a start: ``prepare`` fills the Build; ``release`` undoes it from the spec
-    alone (idempotent), so a restarted daemon can release what a crashed one made."""
-
-    name = "step"
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-
-    async def prepare(self, build: Build) -> None:
-        raise NotImplementedError
-
-    async def release(self, spec: SandboxSpec) -> None:
-        return None
-
-
 class RunDirStep(Step):
     name = "rundir"
 
@@ -523,7 +519,8 @@ class LaunchStep(Step):
 
     async def prepare(self, build: Build) -> None:
         spec, rt = build.spec, self.rt
-        image = rt.image(spec.image)
+        image = build.image
+        assert image is not None
         log_file = rt.log_file(spec.id)
         await blocking.run(log_file.remove)  # a reused id never shows an old log
         pump = output.OutputPump(log_file, rt.log_rate)
@@ -546,7 +543,7 @@ class LaunchStep(Step):
                 net_fd=build.net_fd,
                 seccomp_fd=build.seccomp_fd,
                 empty_file=rt.empty_file,
-                python_bin=os.path.dirname(image.python),
+                python_bin=os.path.dirname(image.python) if image.python else None,
                 host_proc=rt.host_proc,
             ),
         )
