@@ -43,9 +43,12 @@ from test_api import error
 from test_image_unpack import layer, member
 from test_kernel_fixtures import KERNELSPEC_ARGV, execute, stdout_of, ws_connect
 
-pytestmark = pytest.mark.skipif(
-    not layouts_ready(), reason="image fixtures missing: run `make test-images`"
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        not layouts_ready(), reason="image fixtures missing: run `make test-images`"
+    ),
+]
 
 
 def busybox_members(*extra: tuple) -> list[tuple]:

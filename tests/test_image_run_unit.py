@@ -97,6 +97,7 @@ def layers(tmp_path: Path) -> list[str]:
     return [str(top), str(mid), str(base)]
 
 
+@pytest.mark.root
 def test_read_file_merges_like_overlayfs(layers: list[str]) -> None:
     read = rootview.read_file
     assert b"jovyan" in (read(layers, "/etc/passwd") or b"")  # the topmost copy
@@ -131,6 +132,7 @@ def test_read_file_never_reads_the_host(tmp_path: Path) -> None:
         rootview.read_file([str(layer)], "/big", limit=10)
 
 
+@pytest.mark.root
 def test_image_user_resolution(layers: list[str]) -> None:
     assert guest.resolve(layers, "jovyan") == Guest(1000, 100, "jovyan", "/home/jovyan")
     assert guest.resolve(layers, "1000") == Guest(1000, 100, "jovyan", "/home/jovyan")
