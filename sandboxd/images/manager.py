@@ -26,17 +26,19 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from .. import blocking, metrics
 from ..errors import Forbidden, HostError, InvalidImage, InvalidRequest, NotFound, QuotaExceeded
 from ..spec import Guest
 from . import archive, guest, oci, reference
-from .registry import RegistryClient, new_http_client
 from .settings import ImageSettings
 from .store import ImageStore, ResolvedImage
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .registry import RegistryClient
 
 log = logging.getLogger("sandboxd.images")
 
@@ -230,10 +232,15 @@ class ImageManager:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
+            # httpx (and what it pulls in) loads at the first pull, not at every daemon start
+            from .registry import new_http_client
+
             self._http = new_http_client(self.settings().timeout_seconds)
         return self._http
 
     async def _pull(self, parsed: reference.Reference, emit: Listener) -> dict[str, Any]:
+        from .registry import RegistryClient
+
         settings = self.settings()
         client = RegistryClient(
             self._client(),
